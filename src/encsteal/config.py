@@ -1,0 +1,300 @@
+"""The experiment config: a typed tree, loaded from a YAML preset and `key=value` overrides.
+
+    cfg = load_config("demo", ["attack.epochs=5", "surrogate.size=500"])
+
+Every section forbids unknown keys, so a typo is an error that names the key instead of a setting that
+silently does nothing. Values in overrides are parsed as YAML (`attack.lam=0`, `target.checkpoint=null`,
+`attack.augment=[horizontal_flip,grayscale]`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from encsteal.errors import EncstealError
+
+
+class ConfigError(EncstealError, ValueError):
+    """A config that cannot be used; the message names the key and says what to do."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    root: Path | None = None
+    """Folder holding torchvision-layout datasets (CIFAR10/, STL10/, ...); default: $ENCSTEAL_DATA, then ./data."""
+    image_size: int = Field(32, ge=8)
+    """Every image is resized to image_size x image_size and held as uint8 with 3 channels."""
+
+    def resolved_root(self) -> Path:
+        if self.root is not None:
+            return self.root
+        return Path(os.environ.get("ENCSTEAL_DATA", "data"))
+
+
+class PretrainConfig(Section):
+    """How the provider pre-trains its target encoder (StolenEncoder §V-A: SimCLR, ResNet18, Adam 1e-3, 1000 epochs)."""
+
+    method: str = "simclr"
+    dataset: str = "fashion-mnist"
+    split: str = "train"
+    limit: int | None = Field(None, ge=1)
+    """Use this many images of the split (a seeded random subset) instead of all of them."""
+    arch: str = "resnet18"
+    stem: Literal["cifar", "imagenet"] = "cifar"
+    epochs: int = Field(1000, ge=0)
+    batch_size: int = Field(256, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    temperature: float = Field(0.5, gt=0)
+    projection_dim: int = Field(128, ge=1)
+    augment: list[str] = ["random_resized_crop", "horizontal_flip", "color_jitter", "grayscale"]
+    moco_queue: int = Field(4096, ge=1)
+    moco_momentum: float = Field(0.99, ge=0, lt=1)
+
+
+class TargetConfig(Section):
+    """Where the attacker's queries go."""
+
+    kind: Literal["local"] = "local"
+    checkpoint: Path | None = None
+    """An existing target encoder (.safetensors); None pre-trains one into the run directory."""
+    query_batch_size: int = Field(256, ge=1)
+    """Images per request; the query cache is written after every request."""
+
+
+SurrogateScenario = Literal["subset", "same-distribution", "different-distribution"]
+
+
+class SurrogateConfig(Section):
+    """The attacker's unlabeled images, in the paper's three scenarios (StolenEncoder §III)."""
+
+    scenario: SurrogateScenario = "different-distribution"
+    dataset: str | None = None
+    """Required for different-distribution; the others draw from the pre-training dataset."""
+    split: str | None = None
+    """Default: the pre-training split (subset), "test" (same-distribution), "train" (different-distribution)."""
+    size: int | str = "5%"
+    """A number of images, or a share of the pre-training set such as "5%"."""
+
+    @field_validator("size")
+    @classmethod
+    def _check_size(cls, value: int | str) -> int | str:
+        if isinstance(value, int):
+            if value < 1:
+                raise ValueError("must be at least 1 image")
+            return value
+        if not re.fullmatch(r"\d+(\.\d+)?%", value.strip()):
+            raise ValueError(f"{value!r} is neither a number of images nor a percentage such as '5%'")
+        if not 0 < float(value.strip()[:-1]) <= 100:
+            raise ValueError(f"{value!r}: a percentage must lie in (0, 100]")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _check_source(self) -> SurrogateConfig:
+        if self.scenario == "different-distribution" and self.dataset is None:
+            raise ValueError("scenario 'different-distribution' needs surrogate.dataset (e.g. natural-crops)")
+        if self.scenario != "different-distribution" and self.dataset is not None:
+            raise ValueError(
+                f"scenario '{self.scenario}' draws from the pre-training dataset; remove surrogate.dataset"
+            )
+        return self
+
+    def count(self, pretrain_size: int) -> int:
+        """The number of surrogate images (= queries for StolenEncoder)."""
+        if isinstance(self.size, int):
+            return self.size
+        return max(1, round(pretrain_size * float(self.size[:-1]) / 100))
+
+
+class AttackConfig(Section):
+    """The attacker's training (StolenEncoder §V-A defaults: ResNet34, l2, lambda=20, 100 epochs, Adam 1e-3, batch 64)."""
+
+    name: str = "stolenencoder"
+    arch: str = "resnet34"
+    stem: Literal["cifar", "imagenet"] = "cifar"
+    distance: str = "l2"
+    lam: float = Field(20.0, ge=0)
+    """Weight of L2 (augmented views); 0 is the paper's StolenEncoder-w/o-aug."""
+    views: int = Field(1, ge=1)
+    """Augmented views per image, each weighted lam/views (the official code's k)."""
+    normalize_features: bool = False
+    """L2-normalise target and stolen features before the distance (the official code does)."""
+    augment: list[str] = ["horizontal_flip", "color_jitter", "grayscale"]
+    epochs: int = Field(100, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    """SGD momentum; unused by Adam."""
+    temperature: float = Field(0.5, gt=0)
+    """NT-Xent temperature of the contrastive objectives (surrogate-pretrain)."""
+
+
+class DownstreamConfig(Section):
+    dataset: str
+    train_split: str = "train"
+    test_split: str = "test"
+    train_limit: int | None = Field(None, ge=1)
+    test_limit: int | None = Field(None, ge=1)
+
+
+class ProbeConfig(Section):
+    """The downstream classifier: an MLP on frozen features (StolenEncoder §V-A: 512-256, Adam 1e-4, batch 256, 500 epochs)."""
+
+    hidden: list[int] = [512, 256]
+    epochs: int = Field(500, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    batch_size: int = Field(256, ge=1)
+    standardize: bool = True
+    """Scale features by the training set's mean and std first (gives every encoder, random ones too, a fair probe)."""
+
+
+class EvaluateConfig(Section):
+    downstream: list[DownstreamConfig] = [DownstreamConfig(dataset="fashion-mnist")]
+    probe: ProbeConfig = ProbeConfig()
+    batch_size: int = Field(512, ge=1)
+    """Images per forward pass when extracting features."""
+
+
+class Config(Section):
+    name: str = "run"
+    seed: int = 0
+    device: str = "auto"
+    """auto, cpu, cuda, cuda:N or mps."""
+    run_dir: Path | None = None
+    """Default: runs/<name>."""
+    data: DataConfig = DataConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    target: TargetConfig = TargetConfig()
+    surrogate: SurrogateConfig = SurrogateConfig(dataset="natural-crops")
+    attack: AttackConfig = AttackConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+    def resolved_run_dir(self) -> Path:
+        return self.run_dir if self.run_dir is not None else Path("runs") / self.name
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+def presets_dir() -> Path:
+    """The shipped presets: inside the installed package, or configs/ of a source checkout."""
+    packaged = Path(__file__).parent / "configs"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "configs"
+
+
+def find_preset(preset: str | Path) -> Path:
+    """A path to a YAML file, or the name of a shipped preset such as 'demo' or 'fmnist-bench/target'."""
+    path = Path(preset)
+    if path.is_file():
+        return path
+    shipped = presets_dir() / (str(preset) if str(preset).endswith((".yaml", ".yml")) else f"{preset}.yaml")
+    if shipped.is_file():
+        return shipped
+    names = sorted(str(p.relative_to(presets_dir()).with_suffix("")) for p in presets_dir().rglob("*.yaml"))
+    raise ConfigError(f"no config file '{preset}' and no shipped preset of that name; presets: {', '.join(names)}")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{text}' is not of the form key=value (e.g. attack.epochs=10)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}': the value is not valid YAML ({exc.problem})") from None
+    return key.strip().split("."), value
+
+
+def _set_dotted(tree: dict, keys: list[str], value: Any, model: type[BaseModel]) -> None:
+    """Set tree[k1][k2]... = value, checking each key against the config schema so typos name themselves."""
+    node: Any = tree
+    schema: Any = model
+    for depth, key in enumerate(keys):
+        here = ".".join(keys[: depth + 1])
+        last = depth == len(keys) - 1
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise ConfigError(f"config key '{here}': '{key}' is not an index of a list of {len(node)}")
+            index = int(key)
+            if last:
+                node[index] = value
+                return
+            node = node[index]
+            continue
+        if isinstance(schema, type) and issubclass(schema, BaseModel):
+            if key not in schema.model_fields:
+                known = ", ".join(schema.model_fields)
+                raise ConfigError(f"unknown config key '{here}' (known here: {known})")
+            annotation = schema.model_fields[key].annotation
+            schema = _section_of(annotation)
+        if last:
+            node[key] = value
+            return
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        node = child
+
+
+def _section_of(annotation: Any) -> Any:
+    """The Section class inside an annotation (list[DownstreamConfig] -> DownstreamConfig), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _section_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _explain(exc: ValidationError, source: str) -> ConfigError:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            lines.append(f"unknown config key '{key}'")
+        else:
+            lines.append(f"config key '{key}': {error['msg']}")
+    return ConfigError(f"{source}: " + "; ".join(lines))
+
+
+def config_from_dict(tree: dict, overrides: list[str] = (), source: str = "config") -> Config:
+    tree = dict(tree or {})
+    for text in overrides:
+        keys, value = parse_override(text)
+        _set_dotted(tree, keys, value, Config)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise _explain(exc, source) from None
+
+
+def load_config(preset: str | Path = "demo", overrides: list[str] = ()) -> Config:
+    """Load a preset (file path or shipped name) and apply `key=value` overrides."""
+    path = find_preset(preset)
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: a config is a mapping of sections, not a {type(tree).__name__}")
+    return config_from_dict(tree, list(overrides), source=str(path))
+
+
+def dump_config(config: Config) -> str:
+    """The resolved config as YAML, loadable again with load_config()."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

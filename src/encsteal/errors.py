@@ -1,0 +1,5 @@
+"""One family of user-facing errors: the CLI prints their message as one sentence, never a traceback."""
+
+
+class EncstealError(Exception):
+    """A problem the user can fix; the message says what to do."""

@@ -1,0 +1,1 @@
+"""Running experiments: one config end to end, and its report."""

@@ -1,0 +1,250 @@
+"""The whole experiment in three stages, each usable on its own from checkpoints:
+
+    pretrain  -> <run_dir>/target.safetensors   (skipped when target.checkpoint is given)
+    steal     -> <run_dir>/stolen.safetensors   (queries go through <run_dir>/queries.sqlite)
+    evaluate  -> <run_dir>/results.json, report.md, summary.png
+
+A stage whose output already exists for the same settings is reused, and a stage killed half-way resumes
+from its last epoch, so re-running a command continues a run instead of paying for it twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from encsteal.attacks import ATTACKS
+from encsteal.checkpoint import load_encoder, save_encoder
+from encsteal.config import Config, ConfigError, dump_config
+from encsteal.data import load_dataset
+from encsteal.data.surrogate import draw, pretraining_images, surrogate_images
+from encsteal.errors import EncstealError
+from encsteal.evaluate import evaluate_task
+from encsteal.experiments.report import write_report
+from encsteal.models import build_encoder
+from encsteal.pretrain import PRETRAINERS
+from encsteal.query_cache import CachedTarget, QueryCache
+from encsteal.target import LocalTarget
+from encsteal.training import MetricsLog, TrainContext, resolve_device, seed_everything
+
+
+class RunDirError(EncstealError):
+    pass
+
+
+@dataclass
+class Run:
+    """A run directory and what every stage needs from the config."""
+
+    config: Config
+    dir: Path
+    device: torch.device
+    progress: bool
+
+    @classmethod
+    def open(cls, config: Config, progress: bool = True) -> Run:
+        run_dir = config.resolved_run_dir()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_config(config))
+        return cls(config, run_dir, resolve_device(config.device), progress)
+
+    @property
+    def target_path(self) -> Path:
+        return self.config.target.checkpoint or self.dir / "target.safetensors"
+
+    @property
+    def stolen_path(self) -> Path:
+        return self.dir / "stolen.safetensors"
+
+    def context(self, stage: str) -> TrainContext:
+        return TrainContext(
+            device=self.device,
+            seed=self.config.seed,
+            state_path=self.dir / "state" / f"{stage}.pt",
+            log=MetricsLog(self.dir / "metrics.jsonl"),
+            progress=self.progress,
+        )
+
+    def data_kwargs(self) -> dict:
+        return {"root": self.config.data.resolved_root(), "image_size": self.config.data.image_size}
+
+
+def provenance() -> dict:
+    """Versions and the source revision, for checkpoint sidecars."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        sha = None
+    return {"git_sha": sha, "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _reusable(path: Path, recipe: dict, what: str) -> bool:
+    """True if `path` exists and was made by the same recipe; an existing output of another recipe is an error."""
+    sidecar = path.with_suffix(".json")
+    if not path.exists() or not sidecar.exists():
+        return False
+    made_by = json.loads(sidecar.read_text()).get("recipe")
+    if made_by != recipe:
+        raise RunDirError(
+            f"{path} holds a {what} made with other settings; use a new run_dir (or delete the file) to make another"
+        )
+    return True
+
+
+# --------------------------------------------------------------------------------------------------
+# Stages
+
+
+def pretrain(run: Run) -> Path:
+    """Pre-train the target encoder (unless target.checkpoint names one); returns its checkpoint path."""
+    config = run.config
+    if config.target.checkpoint is not None:
+        if not config.target.checkpoint.exists():
+            raise ConfigError(f"target.checkpoint: {config.target.checkpoint} does not exist")
+        return config.target.checkpoint
+    recipe = {"pretrain": config.pretrain.model_dump(mode="json"), "data": config.data.model_dump(mode="json", exclude={"root"}), "seed": config.seed}
+    if _reusable(run.target_path, recipe, "target encoder"):
+        return run.target_path
+    seed_everything(config.seed)
+    pc = config.pretrain
+    if pc.method not in PRETRAINERS:
+        raise ConfigError(f"config key 'pretrain.method': unknown method '{pc.method}' (known: {', '.join(PRETRAINERS)})")
+    images = pretraining_images(pc.dataset, pc.split, pc.limit, config.seed, **run.data_kwargs())
+    started = time.perf_counter()
+    encoder = PRETRAINERS[pc.method](images, pc, run.context("pretrain"))
+    seconds = time.perf_counter() - started
+    save_encoder(encoder, run.target_path, {
+        "role": "target",
+        "recipe": recipe,
+        "image_size": config.data.image_size,
+        "pretraining_data": {"dataset": pc.dataset, "split": pc.split, "limit": pc.limit, "seed": config.seed, "count": len(images)},
+        "epochs": pc.epochs,
+        "wall_seconds": seconds,
+        "images_per_s": 2 * pc.epochs * len(images) / seconds if seconds else None,
+        **provenance(),
+    })
+    return run.target_path
+
+
+def _load_target(run: Run) -> tuple[LocalTarget, dict]:
+    path = run.target_path
+    if not path.exists():
+        raise RunDirError(f"no target encoder at {path}: run `encsteal pretrain` first, or set target.checkpoint")
+    encoder, meta = load_encoder(path, run.device)
+    image_size = meta.get("image_size", run.config.data.image_size)
+    if image_size != run.config.data.image_size:
+        raise ConfigError(f"data.image_size={run.config.data.image_size} but the target takes {image_size}x{image_size} images")
+    return LocalTarget(encoder, image_size=image_size, device=run.device, batch_size=run.config.evaluate.batch_size), meta
+
+
+def steal(run: Run) -> Path:
+    """Steal the target with the configured attack; returns the stolen encoder's checkpoint path."""
+    config = run.config
+    if config.attack.name not in ATTACKS:
+        raise ConfigError(f"config key 'attack.name': unknown attack '{config.attack.name}' (known: {', '.join(ATTACKS)})")
+    target, target_meta = _load_target(run)
+    target_id = f"local:{file_digest(run.target_path)}"
+    recipe = {"attack": config.attack.model_dump(mode="json"), "surrogate": config.surrogate.model_dump(mode="json"),
+              "target": target_id, "seed": config.seed}
+    if _reusable(run.stolen_path, recipe, "stolen encoder"):
+        return run.stolen_path
+    seed_everything(config.seed)
+    surrogate, surrogate_record = surrogate_images(
+        config.surrogate, target_meta["pretraining_data"], config.seed, **run.data_kwargs()
+    )
+    cache = QueryCache(run.dir / "queries.sqlite", target_id)
+    cached = CachedTarget(target, cache, batch_size=config.target.query_batch_size, progress=run.progress)
+    started = time.perf_counter()
+    stolen = ATTACKS[config.attack.name](cached, surrogate, config.attack, run.context("steal"))
+    seconds = time.perf_counter() - started
+    save_encoder(stolen, run.stolen_path, {
+        "role": "stolen",
+        "recipe": recipe,
+        "image_size": config.data.image_size,
+        "surrogate": surrogate_record,
+        "queries": len(cache),
+        "queries_this_run": cached.queries,
+        "queries_reused": cached.reused,
+        "wall_seconds": seconds,
+        **provenance(),
+    })
+    cache.close()
+    return run.stolen_path
+
+
+def _downstream_split(name: str, split: str, limit: int | None, seed: int, run: Run):
+    data = load_dataset(name, split, **run.data_kwargs())
+    if data.labels is None:
+        raise ConfigError(f"evaluate.downstream: {name}/{split} has no labels, so no classifier can be trained on it")
+    if limit is not None and limit < len(data):
+        data = data.subset(draw(limit, len(data), seed))
+    return data
+
+
+def evaluate(run: Run) -> dict:
+    """TA, SA, R, SA/TA, captured gain and fidelity on every downstream task; writes results.json and report.md."""
+    config = run.config
+    target, target_meta = _load_target(run)
+    if not run.stolen_path.exists():
+        raise RunDirError(f"no stolen encoder at {run.stolen_path}: run `encsteal steal` first")
+    stolen, stolen_meta = load_encoder(run.stolen_path, run.device)
+    torch.manual_seed(config.seed + 2)
+    random_init = build_encoder(config.attack.arch, config.attack.stem, out_dim=stolen.feature_dim).eval()
+    size, batch = config.data.image_size, config.evaluate.batch_size
+    encoders = {
+        "target": target.embed,
+        "stolen": LocalTarget(stolen, image_size=size, device=run.device, batch_size=batch).embed,
+        "random": LocalTarget(random_init, image_size=size, device=run.device, batch_size=batch).embed,
+    }
+    started = time.perf_counter()
+    downstream = {}
+    for task in config.evaluate.downstream:
+        train = _downstream_split(task.dataset, task.train_split, task.train_limit, config.seed + 3, run)
+        test = _downstream_split(task.dataset, task.test_split, task.test_limit, config.seed + 4, run)
+        downstream[task.dataset] = evaluate_task(
+            encoders, train.images, train.labels, test.images, test.labels, train.num_classes, config.evaluate.probe,
+            batch_size=batch, seed=config.seed, device=run.device, task=task.dataset, progress=run.progress,
+        )
+    results = {
+        "name": config.name,
+        "downstream": downstream,
+        "queries": stolen_meta["queries"],
+        "queries_this_run": stolen_meta["queries_this_run"],
+        "pretrain_seconds": target_meta.get("wall_seconds"),
+        "steal_seconds": stolen_meta["wall_seconds"],
+        "evaluate_seconds": time.perf_counter() - started,
+        "pretrain_images_per_s": target_meta.get("images_per_s"),
+        "target": {"arch": target.encoder.arch, "stem": target.encoder.stem, "checkpoint": str(run.target_path),
+                   "pretraining_data": target_meta.get("pretraining_data"), "epochs": target_meta.get("epochs")},
+        "attack": {"name": config.attack.name, "arch": config.attack.arch, "stem": config.attack.stem,
+                   "epochs": config.attack.epochs, "lam": config.attack.lam, "distance": config.attack.distance},
+        "surrogate": stolen_meta["surrogate"],
+        "device": str(run.device),
+    }
+    (run.dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_report(results, run.dir)
+    return results
+
+
+def run_all(config: Config, progress: bool = True) -> dict:
+    """pretrain -> steal -> evaluate; returns the results (also in <run_dir>/results.json)."""
+    run = Run.open(config, progress)
+    pretrain(run)
+    steal(run)
+    return evaluate(run)

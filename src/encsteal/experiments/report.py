@@ -1,0 +1,116 @@
+"""report.md and summary.png of a run, from its results.json and metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from encsteal.evaluate import MIN_MEANINGFUL_GAIN  # noqa: E402
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.2f}"
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def results_table(results: dict) -> str:
+    """The Markdown table: one row per downstream task."""
+    lines = [
+        "| downstream | TA (%) | SA (%) | SA/TA | R (%) | G = (SA−R)/(TA−R) | fidelity cos | fidelity ℓ2 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in results["downstream"].items():
+        fid = row.get("fidelity") or {}
+        gain = _num(row["gain_captured"]) + ("" if row["gain_meaningful"] else " ⚠")
+        lines.append(
+            f"| {name} | {_pct(row['TA'])} | {_pct(row['SA'])} | {_num(row['SA_over_TA'], 3)} | {_pct(row['R'])} | "
+            f"{gain} | {_num(fid.get('cosine'), 3)} | {_num(fid.get('l2'), 3)} |"
+        )
+    return "\n".join(lines)
+
+
+def _loss_curves(metrics_path: Path) -> dict[str, list[tuple[int, float]]]:
+    curves: dict[str, list[tuple[int, float]]] = {}
+    if metrics_path.exists():
+        for line in metrics_path.read_text().splitlines():
+            record = json.loads(line)
+            if "loss" in record and "epoch" in record:
+                curves.setdefault(record["stage"], []).append((record["epoch"], record["loss"]))
+    for stage, points in curves.items():  # a resumed run logs some epochs twice: keep the last
+        curves[stage] = sorted(dict(points).items())
+    return curves
+
+
+def plot_summary(results: dict, run_dir: Path) -> Path:
+    curves = _loss_curves(run_dir / "metrics.jsonl")
+    fig, axes = plt.subplots(1, 1 + len(curves), figsize=(5 + 4 * len(curves), 3.8))
+    axes = list(axes) if len(curves) else [axes]
+    tasks = list(results["downstream"])
+    width = 0.27
+    for offset, (key, label) in enumerate([("R", "random-init (R)"), ("SA", "stolen (SA)"), ("TA", "target (TA)")]):
+        values = [100 * results["downstream"][t][key] for t in tasks]
+        axes[0].bar([i + (offset - 1) * width for i in range(len(tasks))], values, width, label=label)
+    axes[0].set_xticks(range(len(tasks)), tasks)
+    axes[0].set_ylabel("downstream accuracy (%)")
+    low = min(100 * results["downstream"][t][k] for t in tasks for k in ("R", "SA", "TA"))
+    axes[0].set_ylim(max(0, low - 10), 100)
+    axes[0].legend(loc="lower right", fontsize=8)
+    axes[0].set_title(f"{results['queries']} queries")
+    for axis, (stage, points) in zip(axes[1:], curves.items()):
+        axis.plot([e for e, _ in points], [loss for _, loss in points])
+        axis.set_xlabel("epoch")
+        axis.set_ylabel("loss")
+        axis.set_title(f"{stage} loss")
+    fig.tight_layout()
+    path = run_dir / "summary.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(results: dict, run_dir: Path) -> Path:
+    plot = plot_summary(results, run_dir)
+    weak = [name for name, row in results["downstream"].items() if not row["gain_meaningful"]]
+    target, attack, surrogate = results["target"], results["attack"], results["surrogate"]
+    data = target.get("pretraining_data") or {}
+    lines = [
+        f"# {results['name']}",
+        "",
+        f"Target: {target['arch']} ({target['stem']} stem), pre-trained {target.get('epochs')} epochs on "
+        f"{data.get('count')} images of {data.get('dataset')}/{data.get('split')}.  ",
+        f"Attack: {attack['name']} → {attack['arch']} ({attack['stem']} stem), {attack['epochs']} epochs, "
+        f"λ={attack['lam']}, distance {attack['distance']}.  ",
+        f"Surrogate: {surrogate['count']} images of {surrogate['dataset']}/{surrogate['split']} ({surrogate['scenario']}).",
+        "",
+        results_table(results),
+        "",
+        "R is the accuracy of a randomly initialised encoder of the stolen architecture under the same probe; "
+        "G is the share of the target's gain over it that the stolen encoder captured.",
+    ]
+    if weak:
+        lines += ["", f"⚠ On {', '.join(weak)} the target beats a random encoder by less than "
+                      f"{100 * MIN_MEANINGFUL_GAIN:.0f} points: the target is too weak there for G to mean anything."]
+    lines += [
+        "",
+        "| cost | value |",
+        "|---|---:|",
+        f"| queries | {results['queries']} |",
+        f"| pre-training wall time (s) | {_num(results['pretrain_seconds'], 1)} |",
+        f"| stealing wall time (s) | {_num(results['steal_seconds'], 1)} |",
+        f"| evaluation wall time (s) | {_num(results['evaluate_seconds'], 1)} |",
+        f"| device | {results['device']} |",
+        "",
+        f"![summary]({plot.name})",
+        "",
+    ]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path

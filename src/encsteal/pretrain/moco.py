@@ -1,0 +1,99 @@
+"""MoCo v2 (He et al., 2020; Chen et al., 2020): the other way to pre-train a target (StolenEncoder §II-A, Eq. 2).
+
+A query encoder f (with head) and a momentum copy f_m; for a positive pair (x_q, x_k),
+
+    ℓ = −log  exp(q·k⁺/τ) / (exp(q·k⁺/τ) + Σ_{k⁻ ∈ queue} exp(q·k⁻/τ))
+
+with q = h(f(x_q)), k⁺ = h_m(f_m(x_k)) L2-normalised, and a FIFO queue of past keys as negatives.
+The momentum copy follows θ_m ← m·θ_m + (1 − m)·θ after every step.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+import torch.nn.functional as F
+
+from encsteal.augment import build_augmentation
+from encsteal.config import PretrainConfig
+from encsteal.models import Encoder, build_encoder
+from encsteal.models.heads import ProjectionHead
+from encsteal.progress import progress_bar
+from encsteal.training import (
+    EpochState,
+    TrainContext,
+    channels_last,
+    make_optimizer,
+    minibatches,
+    start_epoch,
+    steps_per_epoch,
+    to_float_batch,
+)
+
+
+def moco_loss(queries: torch.Tensor, keys: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE of Eq. (2): each query's positive is its own key; the queue (K x D) holds the negatives."""
+    q, k = F.normalize(queries, dim=1), F.normalize(keys, dim=1)
+    positive = (q * k).sum(dim=1, keepdim=True)
+    negative = q @ queue.T
+    logits = torch.cat([positive, negative], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
+
+
+def pretrain_moco(images: torch.Tensor, config: PretrainConfig, ctx: TrainContext) -> Encoder:
+    """Pre-train config.arch on uint8 images N x 3 x H x W with MoCo v2; returns the query encoder in eval mode."""
+    device = ctx.device
+    torch.manual_seed(ctx.seed)
+    encoder = build_encoder(config.arch, config.stem).to(device).to(memory_format=torch.channels_last)
+    head = ProjectionHead(encoder.feature_dim, encoder.feature_dim, config.projection_dim).to(device)
+    momentum_encoder, momentum_head = copy.deepcopy(encoder), copy.deepcopy(head)
+    for p in [*momentum_encoder.parameters(), *momentum_head.parameters()]:
+        p.requires_grad_(False)
+    queue = F.normalize(torch.randn(config.moco_queue, config.projection_dim, device=device), dim=1)
+    queue_pointer = torch.zeros((), dtype=torch.long)
+    optimizer = make_optimizer("adam", [*encoder.parameters(), *head.parameters()], config.lr, config.weight_decay)
+    state = EpochState(
+        ctx.state_path,
+        {"encoder": encoder, "head": head, "momentum_encoder": momentum_encoder, "momentum_head": momentum_head},
+        optimizer,
+        extra={"queue": queue, "queue_pointer": queue_pointer},
+    )
+    first_epoch = state.resume()
+    augment = build_augmentation(config.augment, images.shape[-1]).to(device)
+    online = [*encoder.parameters(), *head.parameters()]
+    momentum = [*momentum_encoder.parameters(), *momentum_head.parameters()]
+    n = len(images)
+    steps = steps_per_epoch(n, config.batch_size)
+
+    for module in (encoder, head, momentum_encoder, momentum_head):
+        module.train()
+    with progress_bar(config.epochs - first_epoch, f"pre-training {config.arch} (MoCo v2)", enabled=ctx.progress) as advance:
+        for epoch in range(first_epoch, config.epochs):
+            generator = start_epoch(ctx.seed, epoch)
+            started, total_loss = time.perf_counter(), 0.0
+            for index in minibatches(n, config.batch_size, generator):
+                x = to_float_batch(images[index], device)
+                x_q, x_k = channels_last(augment(x)), channels_last(augment(x))
+                queries = head(encoder(x_q))
+                with torch.no_grad():
+                    torch._foreach_mul_(momentum, config.moco_momentum)
+                    torch._foreach_add_(momentum, online, alpha=1 - config.moco_momentum)
+                    keys = F.normalize(momentum_head(momentum_encoder(x_k)), dim=1)
+                loss = moco_loss(queries, keys, queue, config.temperature)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total_loss += loss.item()
+                with torch.no_grad():  # enqueue the newest keys over the oldest
+                    slots = (queue_pointer + torch.arange(len(keys))) % len(queue)
+                    queue[slots.to(device)] = keys
+                    queue_pointer.copy_((queue_pointer + len(keys)) % len(queue))
+            seconds = time.perf_counter() - started
+            state.save(epoch)
+            ctx.log({"stage": "pretrain", "epoch": epoch + 1, "loss": total_loss / max(steps, 1), "seconds": seconds,
+                     "images_per_s": 2 * steps * config.batch_size / seconds if seconds else None})
+            advance(1, status=f"loss {total_loss / max(steps, 1):.4f}")
+    state.finish()
+    return encoder.eval()

@@ -1,0 +1,68 @@
+"""SimCLR (Chen et al., 2020): how the provider pre-trains its target encoder (StolenEncoder §II-A, §V-A).
+
+Two augmented views of each image go through the encoder f and a projection head h; NT-Xent
+(`encsteal.losses.nt_xent`, Eq. 1) pulls the two views of an image together and pushes the other 2(N − 1)
+images of the batch away. Only f is kept.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from encsteal.augment import build_augmentation
+from encsteal.config import PretrainConfig
+from encsteal.losses import nt_xent
+from encsteal.models import Encoder, build_encoder
+from encsteal.models.heads import ProjectionHead
+from encsteal.progress import progress_bar
+from encsteal.training import (
+    EpochState,
+    TrainContext,
+    channels_last,
+    make_optimizer,
+    minibatches,
+    start_epoch,
+    steps_per_epoch,
+    to_float_batch,
+)
+
+
+def pretrain_simclr(images: torch.Tensor, config: PretrainConfig, ctx: TrainContext) -> Encoder:
+    """Pre-train config.arch on uint8 images N x 3 x H x W with SimCLR; returns the encoder in eval mode."""
+    device = ctx.device
+    torch.manual_seed(ctx.seed)
+    encoder = build_encoder(config.arch, config.stem).to(device).to(memory_format=torch.channels_last)
+    head = ProjectionHead(encoder.feature_dim, encoder.feature_dim, config.projection_dim).to(device)
+    parameters = [*encoder.parameters(), *head.parameters()]
+    optimizer = make_optimizer("adam", parameters, config.lr, config.weight_decay)
+    state = EpochState(ctx.state_path, {"encoder": encoder, "head": head}, optimizer)
+    first_epoch = state.resume()
+    augment = build_augmentation(config.augment, images.shape[-1]).to(device)
+    n = len(images)
+    steps = steps_per_epoch(n, config.batch_size)
+
+    encoder.train()
+    head.train()
+    with progress_bar(config.epochs - first_epoch, f"pre-training {config.arch} (SimCLR)", enabled=ctx.progress) as advance:
+        for epoch in range(first_epoch, config.epochs):
+            generator = start_epoch(ctx.seed, epoch)
+            started, total_loss = time.perf_counter(), 0.0
+            for index in minibatches(n, config.batch_size, generator):
+                x = to_float_batch(images[index], device)
+                views = channels_last(torch.cat([augment(x), augment(x)]))
+                projections = head(encoder(views))
+                first, second = projections.chunk(2)
+                loss = nt_xent(first, second, config.temperature)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total_loss += loss.item()
+            seconds = time.perf_counter() - started
+            state.save(epoch)
+            ctx.log({"stage": "pretrain", "epoch": epoch + 1, "loss": total_loss / max(steps, 1), "seconds": seconds,
+                     "images_per_s": 2 * steps * config.batch_size / seconds if seconds else None})
+            advance(1, status=f"loss {total_loss / max(steps, 1):.4f}")
+    state.finish()
+    return encoder.eval()

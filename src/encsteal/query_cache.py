@@ -1,0 +1,112 @@
+"""Paid features are never lost and never bought twice.
+
+`QueryCache` is an SQLite file in the run directory mapping a digest of each image's bytes to the feature
+vector the target returned. `CachedTarget` wraps any Target: it answers known images from the cache, buys
+only the missing ones, and commits each request's features before buying the next, so a killed run loses
+at most the request in flight and a resumed one re-buys nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from pathlib import Path
+
+import torch
+
+from encsteal.errors import EncstealError
+from encsteal.progress import progress_bar
+from encsteal.target import Target, check_images
+
+
+class QueryCacheError(EncstealError):
+    pass
+
+
+def image_digests(images: torch.Tensor) -> list[bytes]:
+    """SHA-256 of each image's shape and pixels."""
+    flat = images.contiguous().cpu()
+    header = repr(tuple(images.shape[1:])).encode()
+    return [hashlib.sha256(header + img.numpy().tobytes()).digest() for img in flat]
+
+
+class QueryCache:
+    """digest -> float32 feature vector, for one target (its identity is recorded and checked)."""
+
+    def __init__(self, path: Path, target_id: str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(self.path)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            self.db.execute("CREATE TABLE IF NOT EXISTS features (digest BLOB PRIMARY KEY, feature BLOB NOT NULL)")
+            self.db.commit()
+            row = self.db.execute("SELECT value FROM meta WHERE key = 'target'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise QueryCacheError(f"query cache {self.path} is not a readable SQLite file ({exc}); move it away") from None
+        if row is None:
+            self.db.execute("INSERT INTO meta VALUES ('target', ?)", (target_id,))
+            self.db.commit()
+        elif row[0] != target_id:
+            raise QueryCacheError(
+                f"query cache {self.path} holds features bought from another target ({row[0]}, not {target_id}); "
+                "use a new run directory for a new target"
+            )
+
+    def __len__(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM features").fetchone()[0]
+
+    def get_many(self, digests: list[bytes]) -> dict[bytes, torch.Tensor]:
+        found: dict[bytes, torch.Tensor] = {}
+        for start in range(0, len(digests), 500):  # SQLite limits the number of bound parameters
+            chunk = digests[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for digest, blob in self.db.execute(f"SELECT digest, feature FROM features WHERE digest IN ({marks})", chunk):
+                found[digest] = torch.frombuffer(bytearray(blob), dtype=torch.float32)
+        return found
+
+    def put_many(self, digests: list[bytes], features: torch.Tensor) -> None:
+        rows = [(d, f.numpy().tobytes()) for d, f in zip(digests, features.contiguous().float())]
+        with self.db:  # one transaction: all of a request's features, or none
+            self.db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?)", rows)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class CachedTarget:
+    """A Target that answers from a QueryCache and buys only what it has never bought.
+
+    `queries` counts images bought from the wrapped target by this object; `reused` counts images answered
+    from the cache; `len(cache)` is everything ever bought for this run."""
+
+    def __init__(self, target: Target, cache: QueryCache, *, batch_size: int = 256, progress: bool = True) -> None:
+        self.target = target
+        self.cache = cache
+        self.batch_size = batch_size
+        self.progress = progress
+        self.queries = 0
+        self.reused = 0
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        check_images(images)
+        digests = image_digests(images)
+        known = self.cache.get_many(list(set(digests)))
+        missing: dict[bytes, int] = {}
+        for index, digest in enumerate(digests):
+            if digest not in known and digest not in missing:
+                missing[digest] = index
+        self.reused += len(digests) - len(missing)
+        order = list(missing.items())
+        show = self.progress and len(order) > self.batch_size
+        with progress_bar(len(order), "querying target", enabled=show) as advance:
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start : start + self.batch_size]
+                features = self.target.embed(images[[index for _, index in chunk]])
+                chunk_digests = [digest for digest, _ in chunk]
+                self.cache.put_many(chunk_digests, features)
+                known.update(zip(chunk_digests, features))
+                self.queries += len(chunk)
+                advance(len(chunk))
+        return torch.stack([known[digest] for digest in digests])

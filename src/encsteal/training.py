@@ -1,0 +1,157 @@
+"""What every training loop here shares: device and seeds, mini-batches over uint8 tensors, optimizers,
+metrics, and per-epoch states so that a killed run resumes where it stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks cuda, then mps, then cpu."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        from encsteal.config import ConfigError
+
+        raise ConfigError(f"config key 'device': '{name}' is not a device (use auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        from encsteal.config import ConfigError
+
+        raise ConfigError("config key 'device': CUDA was requested but this machine has no CUDA device (use device=auto)")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class MetricsLog:
+    """Appends one JSON object per line to metrics.jsonl (or nowhere when path is None)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def __call__(self, record: dict) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as out:
+            out.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+
+
+@dataclass
+class TrainContext:
+    """Everything a training loop needs besides its data and its settings."""
+
+    device: torch.device
+    seed: int = 0
+    state_path: Path | None = None
+    """Where the loop saves its state after every epoch and resumes from; None: no resuming."""
+    log: Callable[[dict], None] = field(default_factory=lambda: MetricsLog(None))
+    progress: bool = True
+
+
+def to_float_batch(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 N x 3 x H x W (CPU) -> float in [0, 1] on device."""
+    return images.to(device, non_blocking=True).float().div_(255)
+
+
+def channels_last(batch: torch.Tensor) -> torch.Tensor:
+    return batch.contiguous(memory_format=torch.channels_last)
+
+
+def minibatches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Shuffled index batches; the last partial batch is dropped (Algorithm 1 runs ⌊|D|/S⌋ steps),
+    unless the whole set is smaller than one batch, which then forms a single batch."""
+    order = torch.randperm(n, generator=generator)
+    if n < batch_size:
+        if n >= 2:  # BatchNorm cannot train on a batch of one
+            yield order
+        return
+    for start in range(0, n - batch_size + 1, batch_size):
+        yield order[start : start + batch_size]
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    if n < batch_size:
+        return 1 if n >= 2 else 0
+    return n // batch_size
+
+
+def make_optimizer(
+    name: str, parameters, lr: float, weight_decay: float = 0.0, momentum: float = 0.9
+) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(parameters, lr=lr, weight_decay=weight_decay, momentum=momentum)
+    raise ValueError(f"unknown optimizer '{name}' (adam or sgd)")
+
+
+class EpochState:
+    """Saves modules and optimizer after each epoch (atomically) and restores them on a re-run."""
+
+    def __init__(self, path: Path | None, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer,
+                 extra: dict[str, torch.Tensor] | None = None) -> None:
+        self.path = path
+        self.modules = modules
+        self.optimizer = optimizer
+        self.extra = extra if extra is not None else {}
+
+    def resume(self) -> int:
+        """Load a saved state if there is one; returns the first epoch still to run."""
+        if self.path is None or not self.path.exists():
+            return 0
+        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        for name, module in self.modules.items():
+            module.load_state_dict(state["modules"][name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for name, tensor in state.get("extra", {}).items():
+            self.extra[name].copy_(tensor)
+        return int(state["epoch"]) + 1
+
+    def save(self, epoch: int) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "epoch": epoch,
+            "modules": {name: module.state_dict() for name, module in self.modules.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "extra": {name: tensor.detach().cpu() for name, tensor in self.extra.items()},
+        }
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+
+    def finish(self) -> None:
+        """The loop is done and its result saved elsewhere: the resume state is no longer needed."""
+        if self.path is not None and self.path.exists():
+            self.path.unlink()
+
+
+def start_epoch(seed: int, epoch: int) -> torch.Generator:
+    """Seed the global RNG (augmentations draw from it) and return the shuffling generator for an epoch.
+
+    Both depend only on (seed, epoch), so a resumed run sees the same batches and augmentations as an
+    uninterrupted one — and query-aug re-sends exactly the images already in the query cache."""
+    torch.manual_seed(seed * 100_003 + epoch)
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)

@@ -1,0 +1,83 @@
+from pathlib import Path
+
+import pytest
+
+from encsteal.config import Config, ConfigError, config_from_dict, dump_config, load_config, presets_dir
+
+
+def test_every_preset_loads():
+    presets = sorted(presets_dir().rglob("*.yaml"))
+    assert presets, "no presets shipped"
+    for path in presets:
+        assert isinstance(load_config(path), Config)
+
+
+def test_overrides_are_typed_and_nested():
+    config = load_config("demo", ["attack.lam=0", "attack.augment=[grayscale]", "surrogate.size=250", "evaluate.downstream.0.train_limit=10"])
+    assert config.attack.lam == 0.0
+    assert config.attack.augment == ["grayscale"]
+    assert config.surrogate.size == 250
+    assert config.evaluate.downstream[0].train_limit == 10
+
+
+def test_resolved_config_round_trips(tmp_path: Path):
+    config = load_config("demo", ["seed=7"])
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_config(config))
+    assert load_config(path) == config
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("attack.lamda=3", "attack.lamda"),
+        ("atack.lam=3", "atack"),
+        ("evaluate.probe.hiden=[1]", "evaluate.probe.hiden"),
+        ("evaluate.downstream.5.dataset=x", "evaluate.downstream.5"),
+    ],
+)
+def test_unknown_key_names_itself(override, key):
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        load_config("demo", [override])
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("attack.epochs=many", "attack.epochs"),
+        ("attack.lam=-1", "attack.lam"),
+        ("surrogate.size=0", "surrogate.size"),
+        ("surrogate.size=lots", "surrogate.size"),
+        ("pretrain.stem=huge", "pretrain.stem"),
+    ],
+)
+def test_wrong_value_names_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config("demo", [override])
+
+
+def test_unknown_key_in_a_file_is_an_error(tmp_path: Path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("attack:\n  name: stolenencoder\n  epochz: 3\n")
+    with pytest.raises(ConfigError, match="attack.epochz"):
+        load_config(path)
+
+
+def test_malformed_override_and_missing_preset():
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config("demo", ["attack.epochs"])
+    with pytest.raises(ConfigError, match="no config file 'nope'"):
+        load_config("nope")
+
+
+def test_surrogate_size_as_share_of_pretraining_set():
+    config = config_from_dict({"surrogate": {"scenario": "subset", "size": "5%"}})
+    assert config.surrogate.count(60000) == 3000
+    assert config_from_dict({"surrogate": {"scenario": "subset", "size": 300}}).surrogate.count(60000) == 300
+
+
+def test_surrogate_scenario_source_rules():
+    with pytest.raises(ConfigError, match="needs surrogate.dataset"):
+        config_from_dict({"surrogate": {"scenario": "different-distribution", "dataset": None}})
+    with pytest.raises(ConfigError, match="remove surrogate.dataset"):
+        config_from_dict({"surrogate": {"scenario": "subset", "dataset": "digits"}})

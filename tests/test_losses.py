@@ -1,0 +1,84 @@
+"""Losses against closed forms: identical inputs, symmetry, known values, and that they train."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from encsteal.losses import DISTANCES, cosine_distance, l1_distance, l2_distance, nt_xent
+
+
+def test_distances_known_values():
+    u = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    v = torch.tensor([[3.0, 4.0], [1.0, 1.0]])
+    assert l2_distance(u, v).item() == pytest.approx(2.5)  # (5 + 0) / 2
+    assert l1_distance(u, v).item() == pytest.approx(3.5)  # (7 + 0) / 2
+    a = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    b = torch.tensor([[0.0, 2.0], [-3.0, 0.0]])
+    assert cosine_distance(a, b).item() == pytest.approx(0.5)  # (-0 + 1) / 2
+
+
+@pytest.mark.parametrize("name", sorted(DISTANCES))
+def test_distance_closed_forms(name):
+    distance = DISTANCES[name]
+    torch.manual_seed(0)
+    u, v = torch.randn(8, 16), torch.randn(8, 16)
+    identical = distance(u, u).item()
+    assert identical == pytest.approx(-1.0 if name == "cosine" else 0.0, abs=1e-6)
+    assert distance(u, v).item() == pytest.approx(distance(v, u).item(), rel=1e-6)
+    assert distance(u, v).item() > identical
+
+
+@pytest.mark.parametrize("name", sorted(DISTANCES))
+def test_distance_drops_when_trained(name):
+    torch.manual_seed(0)
+    target = torch.randn(32, 8)
+    inputs = torch.randn(32, 8)
+    model = torch.nn.Linear(8, 8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    before = DISTANCES[name](target, model(inputs)).item()
+    for _ in range(50):
+        loss = DISTANCES[name](target, model(inputs))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < before
+
+
+def nt_xent_by_definition(first, second, temperature):
+    """Eq. (1) term by term, averaged over all 2N positive pairs."""
+    z = F.normalize(torch.cat([first, second]), dim=1)
+    n2 = len(z)
+    n = n2 // 2
+    total = 0.0
+    for i in range(n2):
+        j = (i + n) % n2
+        denominator = sum(math.exp(float(z[i] @ z[k]) / temperature) for k in range(n2) if k != i)
+        total += -math.log(math.exp(float(z[i] @ z[j]) / temperature) / denominator)
+    return total / n2
+
+
+@pytest.mark.parametrize("temperature", [0.07, 0.5, 1.0])
+def test_nt_xent_matches_definition(temperature):
+    torch.manual_seed(1)
+    first, second = torch.randn(5, 7), torch.randn(5, 7)
+    assert nt_xent(first, second, temperature).item() == pytest.approx(nt_xent_by_definition(first, second, temperature), rel=1e-5)
+
+
+def test_nt_xent_closed_forms():
+    # Orthogonal unit vectors and identical views: the positive has similarity 1, the 2N-2 negatives 0.
+    n, tau = 4, 0.5
+    z = torch.eye(n)
+    expected = -math.log(math.exp(1 / tau) / (math.exp(1 / tau) + (2 * n - 2)))
+    assert nt_xent(z, z, tau).item() == pytest.approx(expected, rel=1e-6)
+    # symmetric in its two arguments, invariant to scale
+    torch.manual_seed(2)
+    a, b = torch.randn(6, 3), torch.randn(6, 3)
+    assert nt_xent(a, b).item() == pytest.approx(nt_xent(b, a).item(), rel=1e-6)
+    assert nt_xent(3 * a, b).item() == pytest.approx(nt_xent(a, b).item(), rel=1e-5)
+
+
+def test_nt_xent_shape_mismatch():
+    with pytest.raises(ValueError, match="same shape"):
+        nt_xent(torch.randn(3, 4), torch.randn(2, 4))

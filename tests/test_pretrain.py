@@ -1,0 +1,63 @@
+"""Every pre-training method runs, learns, and resumes from its per-epoch state."""
+
+import json
+
+import pytest
+import torch
+
+from encsteal.config import PretrainConfig
+from encsteal.models import Encoder
+from encsteal.pretrain import PRETRAINERS
+from encsteal.pretrain.moco import moco_loss
+from encsteal.training import MetricsLog, TrainContext
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("method", sorted(PRETRAINERS))
+def test_pretrainer_runs_and_loss_drops(method, images, tmp_path):
+    config = PretrainConfig(method=method, arch="small_cnn", epochs=5, batch_size=16, moco_queue=64, lr=3e-3)
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    encoder = PRETRAINERS[method](images, config, TrainContext(device=torch.device("cpu"), seed=0, log=log, progress=False))
+    assert isinstance(encoder, Encoder) and not encoder.training
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 5 and all(map(torch.isfinite, torch.tensor(losses)))
+    assert min(losses[2:]) < losses[0]
+
+
+class Killed(Exception):
+    pass
+
+
+def kill_after_first_epoch(record):
+    """A metrics sink that stops the process right after epoch 1 was saved, as a kill would."""
+    if record["epoch"] == 1:
+        raise Killed
+
+
+@pytest.mark.parametrize("method", sorted(PRETRAINERS))
+def test_pretraining_resumes_to_the_same_encoder(method, images, tmp_path):
+    config = PretrainConfig(method=method, arch="small_cnn", epochs=2, batch_size=16, moco_queue=64)
+    cpu = torch.device("cpu")
+    straight = PRETRAINERS[method](images, config, TrainContext(device=cpu, seed=0, progress=False))
+    state = tmp_path / "state.pt"
+    with pytest.raises(Killed):
+        PRETRAINERS[method](images, config, TrainContext(device=cpu, seed=0, state_path=state, log=kill_after_first_epoch, progress=False))
+    assert state.exists()
+    resumed = PRETRAINERS[method](images, config, TrainContext(device=cpu, seed=0, state_path=state, progress=False))
+    assert not state.exists()  # a finished loop cleans up its state
+    x = torch.rand(4, 3, 32, 32)
+    with torch.inference_mode():
+        assert torch.allclose(straight(x), resumed(x), atol=1e-5)
+
+
+def test_moco_loss_closed_form():
+    # a query equal to its key and orthogonal to K = 3 queue entries: logits [1/τ, 0, 0, 0]
+    q = torch.eye(4)[:1]
+    queue = torch.eye(4)[1:]
+    tau = 0.2
+    expected = -torch.log(torch.exp(torch.tensor(1 / tau)) / (torch.exp(torch.tensor(1 / tau)) + 3))
+    assert moco_loss(q, q, queue, tau).item() == pytest.approx(expected.item(), rel=1e-6)
