@@ -63,6 +63,8 @@ def test_surrogate_scenarios(scenario, extra, tiny_config, tmp_path):
     assert results["surrogate"]["scenario"] == scenario
     assert results["surrogate"]["dataset"] == "digits"
     assert results["queries"] == 32  # 25 % of the 128 pre-training images
+    # a surrogate drawn from the downstream test split never doubles as test images
+    assert results["downstream"]["digits"]["queried_images_held_out"] == (32 if scenario == "same-distribution" else 0)
 
 
 def test_steal_before_pretrain_is_a_clear_error(tiny_config):

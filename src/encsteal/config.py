@@ -283,15 +283,35 @@ def config_from_dict(tree: dict, overrides: list[str] = (), source: str = "confi
         raise _explain(exc, source) from None
 
 
-def load_config(preset: str | Path = "demo", overrides: list[str] = ()) -> Config:
-    """Load a preset (file path or shipped name) and apply `key=value` overrides."""
+def _merge(base: dict, update: dict) -> dict:
+    """Nested dicts merge key by key; any other value (lists included) replaces the base's."""
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
+
+
+def read_preset(preset: str | Path, seen: tuple[Path, ...] = ()) -> tuple[dict, Path]:
+    """A preset's tree, with `extends: <preset>` resolved (the named preset is the base, this file wins)."""
     path = find_preset(preset)
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'extends' goes round in a circle")
     try:
         tree = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: a config is a mapping of sections, not a {type(tree).__name__}")
+    base_name = tree.pop("extends", None)
+    if base_name is not None:
+        base, _ = read_preset(base_name, (*seen, path.resolve()))
+        tree = _merge(base, tree)
+    return tree, path
+
+
+def load_config(preset: str | Path = "demo", overrides: list[str] = ()) -> Config:
+    """Load a preset (file path or shipped name) and apply `key=value` overrides."""
+    tree, path = read_preset(preset)
     return config_from_dict(tree, list(overrides), source=str(path))
 
 

@@ -21,18 +21,24 @@ def draw(count: int, available: int, seed: int) -> torch.Tensor:
     return torch.randperm(available, generator=torch.Generator().manual_seed(seed))[:count]
 
 
+def pretraining_indices(available: int, limit: int | None, seed: int) -> torch.Tensor:
+    """Which images of the split the provider pre-trains on: all, or a seeded subset of `limit`."""
+    if limit is None or limit >= available:
+        return torch.arange(available)
+    return draw(limit, available, seed)
+
+
 def pretraining_images(dataset: str, split: str, limit: int | None, seed: int, *, root: Path, image_size: int) -> torch.Tensor:
-    """The provider's pre-training images: all of dataset/split, or a seeded subset of `limit` of them."""
+    """The provider's pre-training images."""
     images = load_dataset(dataset, split, root=root, image_size=image_size).images
-    if limit is None or limit >= len(images):
-        return images
-    return images[draw(limit, len(images), seed)]
+    return images[pretraining_indices(len(images), limit, seed)]
 
 
 def surrogate_images(
     config: SurrogateConfig, pretraining: dict, seed: int, *, root: Path, image_size: int
 ) -> tuple[torch.Tensor, dict]:
-    """The attacker's unlabeled images and a record of where they came from.
+    """The attacker's unlabeled images and a record of where they came from, including their indices in
+    their dataset split (so that evaluation can keep them out of a downstream test set).
 
     `pretraining` describes the target's pre-training data as its checkpoint records it:
     {"dataset", "split", "limit", "seed", "count"}."""
@@ -41,7 +47,8 @@ def surrogate_images(
         dataset, split = pretraining["dataset"], pretraining["split"]
         if config.split not in (None, split):
             raise ConfigError(f"surrogate.split: a subset of the pre-training set comes from split '{split}'")
-        pool = pretraining_images(dataset, split, pretraining["limit"], pretraining["seed"], root=root, image_size=image_size)
+        full = load_dataset(dataset, split, root=root, image_size=image_size).images
+        pool_indices = pretraining_indices(len(full), pretraining["limit"], pretraining["seed"])
     elif config.scenario == "same-distribution":
         dataset, split = pretraining["dataset"], config.split or "test"
         if split == pretraining["split"]:
@@ -49,13 +56,16 @@ def surrogate_images(
                 f"surrogate.split: 'same-distribution' must be disjoint from the pre-training split '{split}'; "
                 "use another split (e.g. test) or scenario=subset"
             )
-        pool = load_dataset(dataset, split, root=root, image_size=image_size).images
+        full = load_dataset(dataset, split, root=root, image_size=image_size).images
+        pool_indices = torch.arange(len(full))
     else:
         dataset, split = config.dataset, config.split or "train"
-        pool = load_dataset(dataset, split, root=root, image_size=image_size).images
-    if count > len(pool):
+        full = load_dataset(dataset, split, root=root, image_size=image_size).images
+        pool_indices = torch.arange(len(full))
+    if count > len(pool_indices):
         raise ConfigError(
-            f"surrogate.size asks for {count} images but {dataset}/{split} has only {len(pool)}; lower surrogate.size"
+            f"surrogate.size asks for {count} images but {dataset}/{split} has only {len(pool_indices)}; lower surrogate.size"
         )
-    images = pool[draw(count, len(pool), seed + 1)]
-    return images, {"scenario": config.scenario, "dataset": dataset, "split": split, "count": count}
+    indices = pool_indices[draw(count, len(pool_indices), seed + 1)]
+    record = {"scenario": config.scenario, "dataset": dataset, "split": split, "count": count, "indices": indices.tolist()}
+    return full[indices], record

@@ -83,7 +83,7 @@ def food101(split: str, root: Path, image_size: int) -> ImageSet:
 
     data = _open("Food101", f"{root}/food-101", lambda: Food101(str(root), split=split, download=False))
     samples = list(zip(map(str, data._image_files), data._labels))
-    return ImageSet(_from_files(samples, image_size), torch.tensor(data._labels, dtype=torch.int64), 101)
+    return ImageSet(_from_files(samples, image_size), torch.tensor(data._labels, dtype=torch.int64), len(data.classes))
 
 
 def imagenet(split: str, root: Path, image_size: int) -> ImageSet:

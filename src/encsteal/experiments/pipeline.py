@@ -188,13 +188,17 @@ def steal(run: Run) -> Path:
     return run.stolen_path
 
 
-def _downstream_split(name: str, split: str, limit: int | None, seed: int, run: Run):
+def _downstream_split(name: str, split: str, limit: int | None, seed: int, run: Run, exclude: list[int] = ()):
+    """A labelled split, without the images in `exclude`, then a seeded subset of `limit` of them."""
     data = load_dataset(name, split, **run.data_kwargs())
     if data.labels is None:
         raise ConfigError(f"evaluate.downstream: {name}/{split} has no labels, so no classifier can be trained on it")
-    if limit is not None and limit < len(data):
-        data = data.subset(draw(limit, len(data), seed))
-    return data
+    keep = torch.ones(len(data), dtype=torch.bool)
+    keep[list(exclude)] = False
+    kept = keep.nonzero().flatten()
+    if limit is not None and limit < len(kept):
+        kept = kept[draw(limit, len(kept), seed)]
+    return data.subset(kept) if len(kept) < len(data) else data
 
 
 def evaluate(run: Run) -> dict:
@@ -214,13 +218,17 @@ def evaluate(run: Run) -> dict:
     }
     started = time.perf_counter()
     downstream = {}
+    surrogate = stolen_meta["surrogate"]
     for task in config.evaluate.downstream:
+        # Images the attacker queried never count as test images (same-distribution surrogates come from test splits).
+        queried = surrogate.get("indices", []) if (surrogate["dataset"], surrogate["split"]) == (task.dataset, task.test_split) else []
         train = _downstream_split(task.dataset, task.train_split, task.train_limit, config.seed + 3, run)
-        test = _downstream_split(task.dataset, task.test_split, task.test_limit, config.seed + 4, run)
+        test = _downstream_split(task.dataset, task.test_split, task.test_limit, config.seed + 4, run, exclude=queried)
         downstream[task.dataset] = evaluate_task(
             encoders, train.images, train.labels, test.images, test.labels, train.num_classes, config.evaluate.probe,
             batch_size=batch, seed=config.seed, device=run.device, task=task.dataset, progress=run.progress,
         )
+        downstream[task.dataset]["queried_images_held_out"] = len(queried)
     results = {
         "name": config.name,
         "downstream": downstream,
@@ -234,7 +242,7 @@ def evaluate(run: Run) -> dict:
                    "pretraining_data": target_meta.get("pretraining_data"), "epochs": target_meta.get("epochs")},
         "attack": {"name": config.attack.name, "arch": config.attack.arch, "stem": config.attack.stem,
                    "epochs": config.attack.epochs, "lam": config.attack.lam, "distance": config.attack.distance},
-        "surrogate": stolen_meta["surrogate"],
+        "surrogate": {key: value for key, value in surrogate.items() if key != "indices"},
         "device": str(run.device),
     }
     (run.dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -1,0 +1,88 @@
+"""Training throughput of the pipeline against the raw model, in the same run.
+
+For each architecture: images/s of a raw forward+backward+Adam step on random tensors shaped like the
+pipeline's batches, then images/s of one epoch of SimCLR pre-training and of StolenEncoder stealing on
+random uint8 images (augmentation, batching, conversion and logging included). The ratio pipeline/raw is
+the overhead of everything around the model (goal: >= 0.85). Prints one JSON line per measurement.
+
+    python benchmarks/throughput.py [--archs small_cnn:cifar,resnet18:imagenet] [--images 2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from encsteal.attacks import ATTACKS
+from encsteal.config import AttackConfig, PretrainConfig
+from encsteal.models import build_encoder
+from encsteal.models.heads import ProjectionHead
+from encsteal.pretrain import pretrain_simclr
+from encsteal.target import LocalTarget
+from encsteal.training import TrainContext, channels_last
+
+DEFAULT_ARCHS = "small_cnn:cifar,resnet18:imagenet,resnet34:imagenet"
+
+
+def raw_images_per_s(arch: str, stem: str, batch: int, steps: int, with_head: bool) -> float:
+    """Forward + backward + Adam on random float tensors: the model alone."""
+    torch.manual_seed(0)
+    encoder = build_encoder(arch, stem).to(memory_format=torch.channels_last)
+    modules = [encoder]
+    if with_head:
+        modules.append(ProjectionHead(encoder.feature_dim, encoder.feature_dim, 128))
+    optimizer = torch.optim.Adam([p for m in modules for p in m.parameters()], lr=1e-3)
+    x = channels_last(torch.rand(batch, 3, 32, 32))
+    for step in range(steps + 2):  # two warm-up steps
+        if step == 2:
+            started = time.perf_counter()
+        out = encoder(x)
+        if with_head:
+            out = modules[1](out)
+        loss = out.pow(2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return steps * batch / (time.perf_counter() - started)
+
+
+def pipeline_images_per_s(stage: str, arch: str, stem: str, images: torch.Tensor, batch: int) -> float:
+    """One epoch of the real training loop (after a one-epoch warm-up), from its own metrics."""
+    records: list[dict] = []
+    ctx = TrainContext(device=torch.device("cpu"), seed=0, log=records.append, progress=False)
+    if stage == "pretrain":
+        config = PretrainConfig(arch=arch, stem=stem, epochs=2, batch_size=batch)
+        pretrain_simclr(images, config, ctx)
+    else:
+        target = LocalTarget(build_encoder("small_cnn"), image_size=32, device=torch.device("cpu"))
+        config = AttackConfig(arch=arch, stem=stem, epochs=2, batch_size=batch)
+        ATTACKS["stolenencoder"](target, images, config, ctx)
+    return records[-1]["images_per_s"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--archs", default=DEFAULT_ARCHS, help="arch:stem pairs, comma-separated")
+    parser.add_argument("--images", type=int, default=2048, help="images per measured epoch")
+    parser.add_argument("--raw-steps", type=int, default=8)
+    args = parser.parse_args()
+    images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "images": args.images}), flush=True)
+    for pair in args.archs.split(","):
+        arch, stem = pair.split(":")
+        # SimCLR: batch 256 images -> 512 views through encoder + head; StolenEncoder: batch 64 -> 128 (x and A(x)).
+        for stage, batch, forward_batch, head in [("pretrain", 256, 512, True), ("steal", 64, 128, False)]:
+            raw = raw_images_per_s(arch, stem, forward_batch, args.raw_steps, head)
+            pipeline = pipeline_images_per_s(stage, arch, stem, images, batch)
+            print(json.dumps({
+                "arch": arch, "stem": stem, "stage": stage, "batch": batch,
+                "raw_images_per_s": round(raw, 1), "pipeline_images_per_s": round(pipeline, 1),
+                "pipeline_over_raw": round(pipeline / raw, 3),
+            }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
