@@ -1,11 +1,7 @@
 from pathlib import Path
 
 import pytest
-import torch
-
 from encsteal.config import Config, config_from_dict
-
-torch.set_num_threads(2)
 
 TINY = {
     "name": "tiny",

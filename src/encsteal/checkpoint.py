@@ -1,9 +1,12 @@
 """Encoder checkpoints: safetensors weights plus a JSON sidecar (architecture, config, data, provenance).
 
-    target.safetensors   the weights
+    target.safetensors   the weights (state_dict incl. BatchNorm buffers and the input normalisation)
     target.json          {"encoder": spec to rebuild it, ...whatever the stage recorded}
 
-Both files are written to a temporary name and renamed, so a kill never leaves half a checkpoint.
+Each file is written to a temporary name and renamed over the old one (os.replace). The sidecar is the
+completion mark: an existing sidecar is removed before the new weights replace the old ones and the new
+sidecar comes last, so a save killed at any point leaves either the old complete checkpoint, weights without
+a sidecar (seen as unfinished), or the new complete checkpoint -- never a sidecar describing other weights.
 """
 
 from __future__ import annotations
@@ -20,55 +23,107 @@ from encsteal.errors import EncstealError
 from encsteal.models import Encoder, build_encoder
 
 
-class CheckpointError(EncstealError):
-    pass
+class CheckpointError(EncstealError, RuntimeError):
+    """A checkpoint that cannot be written or loaded; the message says which file and why."""
 
 
 def sidecar_path(path: Path) -> Path:
+    """The JSON sidecar of a weights file: same name, suffix .json."""
     return Path(path).with_suffix(".json")
 
 
-def save_encoder(encoder: Encoder, path: Path, meta: dict) -> Path:
+def _check_weights_path(path: Path) -> Path:
     path = Path(path)
+    if path.suffix == ".json":
+        weights = path.with_suffix(".safetensors")
+        raise CheckpointError(f"{path} is a sidecar name: give the weights file (e.g. {weights})")
+    return path
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
+
+
+def save_encoder(encoder: Encoder, path: Path, meta: dict) -> Path:
+    """Write `encoder`'s weights to `path` and {"encoder": encoder.spec(), **meta} to its .json sidecar;
+    returns `path`. `meta` must be JSON-serialisable (paths and other objects are written as strings)."""
+    path = _check_weights_path(path)
+    if "encoder" in meta:
+        raise CheckpointError("meta must not have an 'encoder' key: the sidecar's 'encoder' is the encoder's spec()")
+    sidecar = sidecar_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    weights = {name: tensor.detach().cpu().contiguous() for name, tensor in encoder.state_dict().items()}
-    tmp_weights, tmp_sidecar = path.with_name(path.name + ".tmp"), sidecar_path(path).with_name(sidecar_path(path).name + ".tmp")
-    save_file(weights, tmp_weights)
-    tmp_sidecar.write_text(json.dumps({"encoder": encoder.spec(), **meta}, indent=2, default=str) + "\n")
-    # weights first: a sidecar never describes weights that are not there
-    os.replace(tmp_weights, path)
-    os.replace(tmp_sidecar, sidecar_path(path))
+    weights = {name: tensor.detach().to("cpu").contiguous() for name, tensor in encoder.state_dict().items()}
+    text = json.dumps({"encoder": encoder.spec(), **meta}, indent=2, default=str) + "\n"
+    tmp_weights, tmp_sidecar = _tmp(path), _tmp(sidecar)
+    try:
+        save_file(weights, tmp_weights)
+        tmp_sidecar.write_text(text)
+        sidecar.unlink(missing_ok=True)  # from here until the last rename the checkpoint reads as unfinished
+        os.replace(tmp_weights, path)
+        os.replace(tmp_sidecar, sidecar)
+    finally:
+        tmp_weights.unlink(missing_ok=True)
+        tmp_sidecar.unlink(missing_ok=True)
     return path
 
 
 def read_sidecar(path: Path) -> dict:
-    sidecar = sidecar_path(path)
-    if not sidecar.exists():
-        raise CheckpointError(f"{path} has no sidecar {sidecar.name}: it was not written by encsteal (or the sidecar was moved)")
+    """The sidecar dict of the weights file `path`; CheckpointError if it is missing or unreadable."""
+    sidecar = sidecar_path(_check_weights_path(path))
+    if not sidecar.is_file():
+        raise CheckpointError(f"{path} has no sidecar {sidecar.name}: it was not written by encsteal, its save was "
+                              "interrupted, or the sidecar was moved")
     try:
-        return json.loads(sidecar.read_text())
+        meta = json.loads(sidecar.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{sidecar} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"cannot read {sidecar} ({exc})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{sidecar} holds a JSON {type(meta).__name__}, not an encsteal sidecar object")
+    return meta
+
+
+def _mismatch(expected: dict[str, torch.Tensor], saved: dict[str, torch.Tensor]) -> str:
+    """'' if `saved` fits `expected` exactly, else a short account of the differences."""
+
+    def some(names: list[str]) -> str:
+        return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+    missing = [name for name in expected if name not in saved]
+    unexpected = [name for name in saved if name not in expected]
+    reshaped = [f"{name} {tuple(saved[name].shape)} instead of {tuple(tensor.shape)}"
+                for name, tensor in expected.items() if name in saved and saved[name].shape != tensor.shape]
+    parts = [f"{len(names)} {what} ({some(names)})" for names, what in
+             [(missing, "missing"), (unexpected, "unexpected"), (reshaped, "of another shape")] if names]
+    return "; ".join(parts)
 
 
 def load_encoder(path: Path, device: str | torch.device = "cpu") -> tuple[Encoder, dict]:
-    """Rebuild the encoder from the sidecar, load its weights strictly; returns (encoder in eval mode, sidecar)."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}")
+    """Rebuild the encoder from the sidecar's spec and load its weights strictly; returns (encoder in eval
+    mode on `device`, sidecar dict). Any problem raises CheckpointError naming the file."""
+    path = _check_weights_path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}" + (" (it is a directory)" if path.is_dir() else ""))
     meta = read_sidecar(path)
-    spec = meta.get("encoder") or {}
+    spec = meta.get("encoder")
+    if not isinstance(spec, dict):
+        raise CheckpointError(f"{sidecar_path(path)} does not describe an encoder (no 'encoder' object)")
     try:
         encoder = build_encoder(spec["arch"], spec["stem"], spec.get("out_dim"))
     except (KeyError, ValueError) as exc:
-        raise CheckpointError(f"{sidecar_path(path)} does not describe an encoder ({exc})") from None
+        reason = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise CheckpointError(f"{sidecar_path(path)} does not describe an encoder ({reason})") from None
     try:
         weights = load_file(path)
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
-    try:
-        encoder.load_state_dict(weights, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise CheckpointError(f"{path} does not hold weights of a {spec['arch']} ({spec['stem']} stem): {first}") from None
+    problems = _mismatch(encoder.state_dict(), weights)
+    if problems:
+        raise CheckpointError(f"{path} does not hold weights of a {spec['arch']} ({spec['stem']} stem, out_dim "
+                              f"{spec.get('out_dim')}) as its sidecar says: {problems}")
+    encoder.load_state_dict(weights, strict=True)
     return encoder.to(device).eval(), meta
+
+
+__all__ = ["CheckpointError", "load_encoder", "read_sidecar", "save_encoder", "sidecar_path"]

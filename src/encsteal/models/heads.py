@@ -4,6 +4,8 @@ from torch import nn
 
 
 class ProjectionHead(nn.Sequential):
+    """Linear(in_dim, hidden_dim) - BatchNorm1d - ReLU - Linear(hidden_dim, out_dim), on N x in_dim features."""
+
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
         super().__init__(
             nn.Linear(in_dim, hidden_dim),
@@ -11,3 +13,6 @@ class ProjectionHead(nn.Sequential):
             nn.ReLU(inplace=True),
             nn.Linear(hidden_dim, out_dim),
         )
+
+
+__all__ = ["ProjectionHead"]
