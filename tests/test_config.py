@@ -81,3 +81,19 @@ def test_surrogate_scenario_source_rules():
         config_from_dict({"surrogate": {"scenario": "different-distribution", "dataset": None}})
     with pytest.raises(ConfigError, match="remove surrogate.dataset"):
         config_from_dict({"surrogate": {"scenario": "subset", "dataset": "digits"}})
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("attack.name=foo", "attack.name"),
+        ("attack.arch=resnet99", "attack.arch"),
+        ("pretrain.augment=[solarize]", "pretrain.augment"),
+        ("evaluate.downstream.0.dataset=cifar11", "evaluate.downstream.0.dataset"),
+        ("attack.distance=l3", "attack.distance"),
+        ("pretrain.method=byol", "pretrain.method"),
+    ],
+)
+def test_unknown_registry_names_are_caught_when_reading_the_config(override, key):
+    with pytest.raises(ConfigError, match=rf"'{key}'.*known: "):
+        load_config("demo", [override])

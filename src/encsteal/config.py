@@ -28,6 +28,36 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _one_of(value: str, registry: dict, what: str) -> str:
+    if value not in registry:
+        raise ValueError(f"unknown {what} '{value}' (known: {', '.join(registry)})")
+    return value
+
+
+# Registry names are checked when the config is read, not an hour later when a stage first needs them.
+# (The registries are imported lazily: their modules import this one.)
+
+
+def _architecture(value: str) -> str:
+    from encsteal.models import ARCHITECTURES
+
+    return _one_of(value, ARCHITECTURES, "architecture")
+
+
+def _dataset(value: str | None) -> str | None:
+    from encsteal.data import DATASETS
+
+    return value if value is None else _one_of(value, DATASETS, "dataset")
+
+
+def _augmentations(value: list[str]) -> list[str]:
+    from encsteal.augment import AUGMENTATIONS
+
+    for name in value:
+        _one_of(name, AUGMENTATIONS, "augmentation")
+    return value
+
+
 class DataConfig(Section):
     root: Path | None = None
     """Folder holding torchvision-layout datasets (CIFAR10/, STL10/, ...); default: $ENCSTEAL_DATA, then ./data."""
@@ -60,6 +90,17 @@ class PretrainConfig(Section):
     moco_queue: int = Field(4096, ge=1)
     moco_momentum: float = Field(0.99, ge=0, lt=1)
 
+    @field_validator("method")
+    @classmethod
+    def _check_method(cls, value: str) -> str:
+        from encsteal.pretrain import PRETRAINERS
+
+        return _one_of(value, PRETRAINERS, "pre-training method")
+
+    _check_arch = field_validator("arch")(_architecture)
+    _check_dataset = field_validator("dataset")(_dataset)
+    _check_augment = field_validator("augment")(_augmentations)
+
 
 class TargetConfig(Section):
     """Where the attacker's queries go."""
@@ -84,6 +125,8 @@ class SurrogateConfig(Section):
     """Default: the pre-training split (subset), "test" (same-distribution), "train" (different-distribution)."""
     size: int | str = "5%"
     """A number of images, or a share of the pre-training set such as "5%"."""
+
+    _check_dataset = field_validator("dataset")(_dataset)
 
     @field_validator("size")
     @classmethod
@@ -139,6 +182,23 @@ class AttackConfig(Section):
     temperature: float = Field(0.5, gt=0)
     """NT-Xent temperature of the contrastive objectives (surrogate-pretrain)."""
 
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        from encsteal.attacks import ATTACKS
+
+        return _one_of(value, ATTACKS, "attack")
+
+    @field_validator("distance")
+    @classmethod
+    def _check_distance(cls, value: str) -> str:
+        from encsteal.losses import DISTANCES
+
+        return _one_of(value, DISTANCES, "distance")
+
+    _check_arch = field_validator("arch")(_architecture)
+    _check_augment = field_validator("augment")(_augmentations)
+
 
 class DownstreamConfig(Section):
     dataset: str
@@ -146,6 +206,8 @@ class DownstreamConfig(Section):
     test_split: str = "test"
     train_limit: int | None = Field(None, ge=1)
     test_limit: int | None = Field(None, ge=1)
+
+    _check_dataset = field_validator("dataset")(_dataset)
 
 
 class ProbeConfig(Section):
@@ -268,7 +330,7 @@ def _explain(exc: ValidationError, source: str) -> ConfigError:
         if error["type"] == "extra_forbidden":
             lines.append(f"unknown config key '{key}'")
         else:
-            lines.append(f"config key '{key}': {error['msg']}")
+            lines.append(f"config key '{key}': {error['msg'].removeprefix('Value error, ')}")
     return ConfigError(f"{source}: " + "; ".join(lines))
 
 

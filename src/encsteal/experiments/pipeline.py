@@ -123,8 +123,6 @@ def pretrain(run: Run) -> Path:
         return run.target_path
     seed_everything(config.seed)
     pc = config.pretrain
-    if pc.method not in PRETRAINERS:
-        raise ConfigError(f"config key 'pretrain.method': unknown method '{pc.method}' (known: {', '.join(PRETRAINERS)})")
     images = pretraining_images(pc.dataset, pc.split, pc.limit, config.seed, **run.data_kwargs())
     started = time.perf_counter()
     encoder = PRETRAINERS[pc.method](images, pc, run.context("pretrain"))
@@ -156,8 +154,6 @@ def _load_target(run: Run) -> tuple[LocalTarget, dict]:
 def steal(run: Run) -> Path:
     """Steal the target with the configured attack; returns the stolen encoder's checkpoint path."""
     config = run.config
-    if config.attack.name not in ATTACKS:
-        raise ConfigError(f"config key 'attack.name': unknown attack '{config.attack.name}' (known: {', '.join(ATTACKS)})")
     target, target_meta = _load_target(run)
     target_id = f"local:{file_digest(run.target_path)}"
     recipe = {"attack": config.attack.model_dump(mode="json"), "surrogate": config.surrogate.model_dump(mode="json"),
