@@ -61,8 +61,8 @@ def plot_summary(results: dict, run_dir: Path) -> Path:
     axes[0].set_xticks(range(len(tasks)), tasks)
     axes[0].set_ylabel("downstream accuracy (%)")
     low = min(100 * results["downstream"][t][k] for t in tasks for k in ("R", "SA", "TA"))
-    axes[0].set_ylim(max(0, low - 10), 100)
-    axes[0].legend(loc="lower right", fontsize=8)
+    axes[0].set_ylim(max(0, low - 10), 106)
+    axes[0].legend(loc="upper center", ncol=3, fontsize=7, frameon=False)
     axes[0].set_title(f"{results['queries']} queries")
     for axis, (stage, points) in zip(axes[1:], curves.items()):
         axis.plot([e for e, _ in points], [loss for _, loss in points])
