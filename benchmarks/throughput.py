@@ -24,7 +24,7 @@ from encsteal.pretrain import pretrain_simclr
 from encsteal.target import LocalTarget
 from encsteal.training import TrainContext, channels_last
 
-DEFAULT_ARCHS = "small_cnn:cifar,resnet18:imagenet,resnet34:imagenet"
+DEFAULT_ARCHS = "small_cnn:cifar,small_cnn:imagenet,resnet18:imagenet,resnet34:imagenet"
 
 
 def raw_images_per_s(arch: str, stem: str, batch: int, steps: int, with_head: bool) -> float:

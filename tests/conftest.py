@@ -1,6 +1,8 @@
 from pathlib import Path
 
 import pytest
+import torch
+
 from encsteal.config import Config, config_from_dict
 
 TINY = {
@@ -34,3 +36,12 @@ def tiny_tree(**sections) -> dict:
 def tiny_config(tmp_path: Path) -> Config:
     """A whole pipeline that runs in seconds: digits, tiny CNNs, one epoch each."""
     return config_from_dict(tiny_tree(run_dir=str(tmp_path / "run")))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors run faster on one thread, and two threads on a busy 2-core machine stall for seconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -14,12 +14,7 @@ ALL = list(AUGMENTATIONS)
 COMBINATIONS = [list(c) for r in range(len(ALL) + 1) for c in combinations(ALL, r)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is faster and immune to a busy machine
 
 
 def test_registry_and_table_viii_numbers():

@@ -12,12 +12,7 @@ from encsteal.errors import EncstealError
 from encsteal.models import build_encoder
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is faster and immune to a busy machine
 
 
 def _trained(arch="small_cnn", stem="cifar", out_dim=None):

@@ -15,14 +15,7 @@ WIDTHS = {
 CL = torch.channels_last
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny batches gain nothing from a second thread, and on a shared 2-core machine two spinning OpenMP
-    threads are many times slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is faster and immune to a busy machine
 
 
 def test_registry_is_the_documented_one():
