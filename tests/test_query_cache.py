@@ -104,3 +104,16 @@ def test_digests_depend_on_pixels_and_shape():
 def test_bad_queries_get_one_clear_error(bad, message):
     with pytest.raises(QueryError, match=message):
         check_images(bad, image_size=8)
+
+
+@pytest.mark.parametrize("answer", [lambda x: torch.zeros(len(x) - 1, 3), lambda x: torch.full((len(x), 3), float("nan"))])
+def test_a_malformed_answer_is_refused_and_not_stored(answer, tmp_path):
+    class Broken(CountingTarget):
+        def embed(self, images):
+            super().embed(images)
+            return answer(images)
+
+    cache = QueryCache(tmp_path / "q.sqlite", "t")
+    with pytest.raises(QueryError, match="answered 4 images"):
+        CachedTarget(Broken(), cache, batch_size=4, progress=False).embed(images(4))
+    assert len(cache) == 0

@@ -16,7 +16,7 @@ import torch
 
 from encsteal.errors import EncstealError
 from encsteal.progress import progress_bar
-from encsteal.target import Target, check_images
+from encsteal.target import QueryError, Target, check_images
 
 
 class QueryCacheError(EncstealError):
@@ -104,6 +104,12 @@ class CachedTarget:
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start : start + self.batch_size]
                 features = self.target.embed(images[[index for _, index in chunk]])
+                if features.ndim != 2 or len(features) != len(chunk) or not torch.isfinite(features).all():
+                    # never store (or pay twice for) an answer that is not one finite vector per image
+                    raise QueryError(
+                        f"the target answered {len(chunk)} images with features of shape {tuple(features.shape)}"
+                        + ("" if torch.isfinite(features).all() else " containing NaN or infinite values")
+                    )
                 chunk_digests = [digest for digest, _ in chunk]
                 self.cache.put_many(chunk_digests, features)
                 known.update(zip(chunk_digests, features))
