@@ -97,3 +97,15 @@ def test_surrogate_scenario_source_rules():
 def test_unknown_registry_names_are_caught_when_reading_the_config(override, key):
     with pytest.raises(ConfigError, match=rf"'{key}'.*known: "):
         load_config("demo", [override])
+
+
+@pytest.mark.parametrize("device, message", [("gpu9", "is not a device"), ("cuda", "no CUDA device")])
+def test_unusable_device_is_a_clear_error(device, message):
+    import torch
+
+    from encsteal.training import resolve_device
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match=message):
+        resolve_device(device)

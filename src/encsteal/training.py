@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from encsteal.config import ConfigError
+
 
 def resolve_device(name: str) -> torch.device:
     """'auto' picks cuda, then mps, then cpu."""
@@ -27,12 +29,8 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        from encsteal.config import ConfigError
-
         raise ConfigError(f"config key 'device': '{name}' is not a device (use auto, cpu, cuda, cuda:N or mps)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        from encsteal.config import ConfigError
-
         raise ConfigError("config key 'device': CUDA was requested but this machine has no CUDA device (use device=auto)")
     return device
 
