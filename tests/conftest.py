@@ -3,7 +3,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from encsteal.checkpoint import save_encoder
 from encsteal.config import Config, config_from_dict
+from encsteal.models import build_encoder
+from encsteal.service.ledger import Ledger
+from encsteal.service.server import ServerProcess, ServeSettings
 
 TINY = {
     "name": "tiny",
@@ -45,3 +49,26 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# A real embedding API: a child process on 127.0.0.1 serving a tiny encoder, with an SQLite account database.
+
+
+def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    return save_encoder(build_encoder("small_cnn", "imagenet"), path, {"role": "target", "image_size": 32})
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("target") / "target.safetensors")
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory, checkpoint):
+    """(server, ledger): one server for a module's tests; each test opens its own accounts."""
+    db = tmp_path_factory.mktemp("api") / "accounts.sqlite"
+    ledger = Ledger(db)
+    settings = ServeSettings(checkpoint=checkpoint, db=str(db), threads=1, max_batch=64, max_bytes=1 << 20)
+    with ServerProcess(settings) as server:
+        yield server, ledger

@@ -1,4 +1,4 @@
-"""encsteal's command line: `encsteal demo | run | pretrain | steal | evaluate | presets | config`.
+"""encsteal's command line: `encsteal demo | run | pretrain | steal | evaluate | serve | accounts | presets | config`.
 
 Every command takes a preset (a YAML file or a shipped name such as `demo` or `fmnist-bench/target`) and
 `key=value` overrides, e.g. `encsteal run demo attack.epochs=20 surrogate.size=2%`.
@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from encsteal.config import Config, dump_config, load_config, presets_dir
+from encsteal.config import Config, ConfigError, dump_config, load_config, presets_dir
 from encsteal.errors import EncstealError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Steal and defend pre-trained encoders served as a service.")
@@ -42,6 +42,10 @@ def _guard(action):
         raise typer.Exit(130) from None
 
 
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.2f}"
+
+
 def print_results(results: dict) -> None:
     table = Table(title=f"{results['name']}: {results['attack']['name']} with {results['queries']} queries")
     for column in ("downstream", "TA", "SA", "SA/TA", "R (random init)", "G captured", "fidelity cos"):
@@ -49,13 +53,15 @@ def print_results(results: dict) -> None:
     for name, row in results["downstream"].items():
         fid = (row.get("fidelity") or {}).get("cosine")
         gain = "–" if row["gain_captured"] is None else f"{row['gain_captured']:.2f}"
+        weak = row["TA"] is not None and not row["gain_meaningful"]
         table.add_row(
-            name, f"{100 * row['TA']:.2f}", f"{100 * row['SA']:.2f}", f"{row['SA_over_TA']:.3f}", f"{100 * row['R']:.2f}",
-            gain + ("" if row["gain_meaningful"] else " (target too weak)"), "–" if fid is None else f"{fid:.3f}",
+            name, _pct(row["TA"]), _pct(row["SA"]), "–" if row["SA_over_TA"] is None else f"{row['SA_over_TA']:.3f}",
+            _pct(row["R"]), gain + (" (target too weak)" if weak else ""), "–" if fid is None else f"{fid:.3f}",
         )
     console.print(table)
+    cost = "" if results.get("cost") is None else f"cost {results['cost']:.4g} · "
     console.print(
-        f"queries {results['queries']} · pre-training {results['pretrain_seconds'] or 0:.0f} s · "
+        f"queries {results['queries']} · {cost}defenses {results.get('defenses', 'none')} · pre-training {results['pretrain_seconds'] or 0:.0f} s · "
         f"stealing {results['steal_seconds']:.0f} s · evaluation {results['evaluate_seconds']:.0f} s"
     )
 
@@ -109,6 +115,108 @@ def evaluate(preset: Preset, overrides: Overrides = None, quiet: Quiet = False) 
 
     results = _guard(lambda: evaluate_stage(Run.open(_config(preset, overrides), progress=not quiet)))
     print_results(results)
+
+
+Db = Annotated[str, typer.Option("--db", help="The account database: a file path (SQLite) or an SQLAlchemy URL.")]
+
+
+@app.command()
+def serve(
+    checkpoint: Annotated[Path, typer.Argument(help="The encoder to serve (.safetensors with its .json sidecar).")],
+    db: Db = "eaas.sqlite",
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes.")] = 1,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="Torch threads per worker (default: torch's).")] = None,
+    defense: Annotated[Optional[list[str]], typer.Option(
+        help="A defense NAME:key=value,... applied in the order given; repeat for several "
+             "(top-k:k=10, rounding:decimals=2, noise:sigma=0.1, poisoning:epsilon=1,norm=2,shadow=PATH).")] = None,
+    max_batch: Annotated[int, typer.Option(min=1, help="Most images per request.")] = 512,
+    description: Annotated[str, typer.Option(help="What GET /v1/model discloses about the model.")] = "",
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+) -> None:
+    """Serve an encoder as an embedding API (POST /v1/embeddings; docs at /docs), billed per image."""
+
+    def start() -> None:
+        from encsteal.defenses import parse_defense
+        from encsteal.service.server import ServeSettings, serve as run_server
+
+        try:
+            defenses = [parse_defense(spec) for spec in defense or []]
+        except ValueError as exc:
+            raise ConfigError(f"--defense: {exc}") from None
+        settings = ServeSettings(checkpoint=checkpoint, db=db, defenses=defenses, device=device, threads=threads,
+                                 max_batch=max_batch, description=description)
+        errors.print(f"serving {checkpoint} on http://{host}:{port} (docs at /docs), accounts in {db}")
+        run_server(settings, host=host, port=port, workers=workers, log_level="info")
+
+    _guard(start)
+
+
+accounts = typer.Typer(no_args_is_help=True, help="The embedding API's accounts: create, list, usage, disable.")
+app.add_typer(accounts, name="accounts")
+
+
+@accounts.command("create")
+def accounts_create(
+    name: str,
+    db: Db = "eaas.sqlite",
+    quota: Annotated[Optional[int], typer.Option(min=0, help="Images the account may embed in total (default: unlimited).")] = None,
+    price: Annotated[float, typer.Option(min=0, help="Price per query (image).")] = 0.0,
+    rate: Annotated[Optional[float], typer.Option(help="Requests per second (default: unlimited).")] = None,
+    burst: Annotated[int, typer.Option(min=1, help="Requests allowed at once before the rate applies.")] = 1,
+) -> None:
+    """Open an account and print its API key (shown this once; only its hash is stored)."""
+    from encsteal.service.ledger import Ledger
+
+    key = _guard(lambda: Ledger(db).create_account(name, quota=quota, price=price, rate=rate, burst=burst))
+    errors.print(f"account '{name}' created; its API key (shown once):")
+    print(key)
+
+
+def _usage_table(rows) -> Table:
+    table = Table()
+    for column in ("account", "queries", "quota", "left", "requests", "price", "spent", "status"):
+        table.add_column(column, justify="left" if column in ("account", "status") else "right")
+    for row in rows:
+        table.add_row(row.name, str(row.used), "∞" if row.quota is None else str(row.quota),
+                      "∞" if row.remaining is None else str(row.remaining), str(row.requests), f"{row.price:g}",
+                      f"{row.spent:.4f}", "disabled" if row.disabled else "active")
+    return table
+
+
+@accounts.command("list")
+def accounts_list(db: Db = "eaas.sqlite") -> None:
+    """Every account with its usage."""
+    from encsteal.service.ledger import Ledger
+
+    console.print(_usage_table(_guard(lambda: Ledger(db).usage())))
+
+
+@accounts.command("usage")
+def accounts_usage(name: str, db: Db = "eaas.sqlite") -> None:
+    """One account's queries, requests and spending, from the ledger."""
+    from encsteal.service.ledger import Ledger
+
+    console.print(_usage_table(_guard(lambda: Ledger(db).usage(name))))
+
+
+@accounts.command("disable")
+def accounts_disable(name: str, db: Db = "eaas.sqlite") -> None:
+    """Refuse the account's requests from now on (403)."""
+    from encsteal.service.ledger import Ledger
+
+    _guard(lambda: Ledger(db).set_disabled(name, True))
+    console.print(f"account '{name}' disabled")
+
+
+@accounts.command("enable")
+def accounts_enable(name: str, db: Db = "eaas.sqlite") -> None:
+    """Accept a disabled account's requests again."""
+    from encsteal.service.ledger import Ledger
+
+    _guard(lambda: Ledger(db).set_disabled(name, False))
+    console.print(f"account '{name}' enabled")
 
 
 @app.command()

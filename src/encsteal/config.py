@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from encsteal.defenses import DefenseConfig
 from encsteal.errors import EncstealError
 
 
@@ -103,13 +104,40 @@ class PretrainConfig(Section):
 
 
 class TargetConfig(Section):
-    """Where the attacker's queries go."""
+    """Where the attacker's queries go, and the provider's defenses.
 
-    kind: Literal["local"] = "local"
+    local: the encoder in this process; served: the run starts the embedding API on 127.0.0.1 from the
+    checkpoint and steals over HTTP; http: a running API at `url`."""
+
+    kind: Literal["local", "served", "http"] = "local"
     checkpoint: Path | None = None
-    """An existing target encoder (.safetensors); None pre-trains one into the run directory."""
+    """The target encoder (.safetensors); None pre-trains one into the run directory. With kind=http it is
+    used only to measure TA (the attacker of a real API has none: then set evaluate.downstream=[])."""
+    defenses: list[DefenseConfig] = []
+    """Post-processors on every answer, in order (top-k, rounding, noise, poisoning). With kind=http the remote
+    server applies its own; list them here so that TA is measured on the features the API returns."""
+    url: str | None = None
+    """kind=http: the API's base URL, e.g. http://127.0.0.1:8000."""
+    api_key: SecretStr | None = None
+    """kind=http: the API key; better left out of files and given through the environment (api_key_env)."""
+    api_key_env: str = "ENCSTEAL_API_KEY"
+    price: float = Field(0.0, ge=0)
+    """kind=served: the price per query of the account the run opens."""
     query_batch_size: int = Field(256, ge=1)
     """Images per request; the query cache is written after every request."""
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> TargetConfig:
+        if self.kind == "http" and not self.url:
+            raise ValueError("kind 'http' needs target.url (e.g. http://127.0.0.1:8000)")
+        if self.kind != "http" and (self.url or self.api_key):
+            raise ValueError(f"target.url and target.api_key are for kind 'http', not '{self.kind}'")
+        return self
+
+    def resolved_api_key(self) -> str | None:
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        return os.environ.get(self.api_key_env)
 
 
 SurrogateScenario = Literal["subset", "same-distribution", "different-distribution"]
@@ -313,20 +341,25 @@ def _set_dotted(tree: dict, keys: list[str], value: Any, model: type[BaseModel])
 
 
 def _section_of(annotation: Any) -> Any:
-    """The Section class inside an annotation (list[DownstreamConfig] -> DownstreamConfig), if any."""
+    """The Section class inside an annotation (list[DownstreamConfig] -> DownstreamConfig), if there is exactly
+    one; a union of several (the defenses) is left to validation, which names the offending key too."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _section_of(arg)
-        if found is not None:
-            return found
-    return None
+    found = {section for arg in getattr(annotation, "__args__", ()) if (section := _section_of(arg)) is not None}
+    return found.pop() if len(found) == 1 else None
+
+
+def _defense_names() -> set[str]:
+    from encsteal.defenses import DEFENSES
+
+    return set(DEFENSES)
 
 
 def _explain(exc: ValidationError, source: str) -> ConfigError:
     lines = []
     for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        # (the defenses' union adds its tag, e.g. 'top-k', to the location: leave it out)
+        key = ".".join(str(part) for part in error["loc"] if part not in _defense_names()) or "(top level)"
         if error["type"] == "extra_forbidden":
             lines.append(f"unknown config key '{key}'")
         else:
@@ -379,4 +412,6 @@ def load_config(preset: str | Path = "demo", overrides: list[str] = ()) -> Confi
 
 def dump_config(config: Config) -> str:
     """The resolved config as YAML, loadable again with load_config()."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    tree = config.model_dump(mode="json")
+    tree["target"]["api_key"] = None  # a secret never goes to disk; runs read it from target.api_key_env
+    return yaml.safe_dump(tree, sort_keys=False)

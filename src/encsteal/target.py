@@ -7,10 +7,12 @@ the images it embedded in `queries`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
 
+from encsteal.defenses import DefendedEncoder, Defense
 from encsteal.errors import EncstealError
 from encsteal.models import Encoder
 from encsteal.training import channels_last, to_float_batch
@@ -48,10 +50,13 @@ def check_images(images: torch.Tensor, image_size: int | None = None) -> None:
 
 
 class LocalTarget:
-    """An encoder in this process behind the Target interface."""
+    """An encoder in this process behind the Target interface, with the provider's defenses (if any) applied
+    to every answer exactly as the served API applies them."""
 
-    def __init__(self, encoder: Encoder, *, image_size: int, device: torch.device, batch_size: int = 256) -> None:
+    def __init__(self, encoder: Encoder, *, image_size: int, device: torch.device, batch_size: int = 256,
+                 defenses: Sequence[Defense] = ()) -> None:
         self.encoder = encoder.to(device).to(memory_format=torch.channels_last).eval()
+        self.model = DefendedEncoder(self.encoder, defenses)
         self.image_size = image_size
         self.device = device
         self.batch_size = batch_size
@@ -62,7 +67,7 @@ class LocalTarget:
         check_images(images, self.image_size)
         with torch.inference_mode():
             features = [
-                self.encoder(channels_last(to_float_batch(chunk, self.device))).float().cpu()
+                self.model(channels_last(to_float_batch(chunk, self.device))).float().cpu()
                 for chunk in images.split(self.batch_size)
             ]
         self.queries += len(images)

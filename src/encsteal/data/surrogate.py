@@ -35,14 +35,20 @@ def pretraining_images(dataset: str, split: str, limit: int | None, seed: int, *
 
 
 def surrogate_images(
-    config: SurrogateConfig, pretraining: dict, seed: int, *, root: Path, image_size: int
+    config: SurrogateConfig, pretraining: dict | None, seed: int, *, root: Path, image_size: int
 ) -> tuple[torch.Tensor, dict]:
     """The attacker's unlabeled images and a record of where they came from, including their indices in
     their dataset split (so that evaluation can keep them out of a downstream test set).
 
     `pretraining` describes the target's pre-training data as its checkpoint records it:
-    {"dataset", "split", "limit", "seed", "count"}."""
-    count = config.count(pretraining["count"])
+    {"dataset", "split", "limit", "seed", "count"}; None when the attacker knows nothing of it (a remote API
+    without a checkpoint), which only the different-distribution scenario with a number of images allows."""
+    if pretraining is None and (config.scenario != "different-distribution" or not isinstance(config.size, int)):
+        raise ConfigError(
+            "without the target's checkpoint its pre-training data is unknown: use surrogate.scenario="
+            "different-distribution with surrogate.dataset and a number of images as surrogate.size"
+        )
+    count = config.count(pretraining["count"] if pretraining else 0)
     if config.scenario == "subset":
         dataset, split = pretraining["dataset"], pretraining["split"]
         if config.split not in (None, split):

@@ -33,22 +33,23 @@ def evaluate_task(
     task: str,
     progress: bool = True,
 ) -> dict:
-    """Probe accuracy of each encoder ('target', 'stolen', 'random') on one downstream task, and fidelity."""
+    """Probe accuracy of each encoder ('target', 'stolen', 'random') on one downstream task, and fidelity.
+    Without a 'target' (a remote API whose weights the attacker lacks) TA, SA/TA, G and fidelity are None."""
     accuracy, test_features = {}, {}
     for name, embed in encoders.items():
         train_x = extract_features(embed, train_images, batch_size, f"{task}: {name} features (train)", progress)
         test_x = extract_features(embed, test_images, batch_size, f"{task}: {name} features (test)", progress)
         accuracy[name] = probe_accuracy(train_x, train_labels, test_x, test_labels, num_classes, probe, seed=seed, device=device)
         test_features[name] = test_x
-    ta, sa, r = accuracy["target"], accuracy["stolen"], accuracy["random"]
+    ta, sa, r = accuracy.get("target"), accuracy["stolen"], accuracy["random"]
     return {
         "TA": ta,
         "SA": sa,
         "SA_over_TA": sa / ta if ta else None,
         "R": r,
-        "gain_captured": captured_gain(sa, ta, r),
-        "gain_meaningful": ta - r >= MIN_MEANINGFUL_GAIN,
-        "fidelity": fidelity(test_features["target"], test_features["stolen"]),
+        "gain_captured": None if ta is None else captured_gain(sa, ta, r),
+        "gain_meaningful": ta is not None and ta - r >= MIN_MEANINGFUL_GAIN,
+        "fidelity": fidelity(test_features["target"], test_features["stolen"]) if ta is not None else None,
         "train_size": len(train_images),
         "test_size": len(test_images),
     }

@@ -14,6 +14,8 @@ import hashlib
 import json
 import subprocess
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,13 +26,18 @@ from encsteal.checkpoint import load_encoder, save_encoder
 from encsteal.config import Config, ConfigError, dump_config
 from encsteal.data import load_dataset
 from encsteal.data.surrogate import draw, pretraining_images, surrogate_images
+from encsteal.defenses import build_defense, describe
+from encsteal.defenses.poisoning import PoisoningConfig
 from encsteal.errors import EncstealError
 from encsteal.evaluate import evaluate_task
 from encsteal.experiments.report import write_report
 from encsteal.models import build_encoder
 from encsteal.pretrain import PRETRAINERS
 from encsteal.query_cache import CachedTarget, QueryCache
-from encsteal.target import LocalTarget
+from encsteal.service.client import HttpTarget
+from encsteal.service.ledger import Ledger
+from encsteal.service.server import ServeSettings, ServerProcess
+from encsteal.target import LocalTarget, Target
 from encsteal.training import MetricsLog, TrainContext, resolve_device, seed_everything
 
 
@@ -140,7 +147,7 @@ def pretrain(run: Run) -> Path:
     return run.target_path
 
 
-def _load_target(run: Run) -> tuple[LocalTarget, dict]:
+def _target_encoder(run: Run):
     path = run.target_path
     if not path.exists():
         raise RunDirError(f"no target encoder at {path}: run `encsteal pretrain` first, or set target.checkpoint")
@@ -148,27 +155,98 @@ def _load_target(run: Run) -> tuple[LocalTarget, dict]:
     image_size = meta.get("image_size", run.config.data.image_size)
     if image_size != run.config.data.image_size:
         raise ConfigError(f"data.image_size={run.config.data.image_size} but the target takes {image_size}x{image_size} images")
-    return LocalTarget(encoder, image_size=image_size, device=run.device, batch_size=run.config.evaluate.batch_size), meta
+    return encoder, meta
+
+
+def defense_configs(run: Run) -> list:
+    """target.defenses with every poisoning defense's shadow encoder in place (trained here when missing)."""
+    return [_with_shadow(run, config) if isinstance(config, PoisoningConfig) and config.shadow is None else config
+            for config in run.config.target.defenses]
+
+
+def _with_shadow(run: Run, poisoning: PoisoningConfig) -> PoisoningConfig:
+    """The provider's shadow stolen encoder of StolenEncoder §VII-C: the attacker's settings, the provider's own
+    pre-training images as the surrogate set, queries to the undefended target (the provider's own, free)."""
+    config = run.config
+    attack = config.attack.model_copy(update={"distance": poisoning.distance, "lam": poisoning.lam, "augment": poisoning.augment})
+    recipe = {"shadow_of": file_digest(run.target_path), "attack": attack.model_dump(mode="json"),
+              "images": poisoning.shadow_images, "seed": config.seed}
+    path = run.dir / f"shadow-{hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]}.safetensors"
+    if not _reusable(path, recipe, "shadow encoder"):
+        encoder, meta = _target_encoder(run)
+        data = meta["pretraining_data"]
+        images = pretraining_images(data["dataset"], data["split"], data.get("limit"), data["seed"], **run.data_kwargs())
+        if poisoning.shadow_images is not None and poisoning.shadow_images < len(images):
+            images = images[draw(poisoning.shadow_images, len(images), config.seed + 5)]
+        target = LocalTarget(encoder, image_size=config.data.image_size, device=run.device, batch_size=config.evaluate.batch_size)
+        seed_everything(config.seed)
+        shadow = ATTACKS["stolenencoder"](target, images, attack, run.context(path.stem))
+        save_encoder(shadow, path, {"role": "shadow", "recipe": recipe, "image_size": config.data.image_size, **provenance()})
+    return poisoning.model_copy(update={"shadow": path})
+
+
+def _load_target(run: Run) -> tuple[LocalTarget, dict]:
+    """The target with its defenses, in this process: what TA is measured on, and the local attack's victim."""
+    encoder, meta = _target_encoder(run)
+    size = run.config.data.image_size
+    defenses = [build_defense(config, run.device, size) for config in defense_configs(run)]
+    return LocalTarget(encoder, image_size=size, device=run.device, batch_size=run.config.evaluate.batch_size,
+                       defenses=defenses), meta
+
+
+@contextmanager
+def _victim(run: Run) -> Iterator[tuple[Target, str, Callable[[], float | None]]]:
+    """The attack's target for target.kind, its identity (the query cache's key) and a function giving the
+    money spent so far (None where nothing is billed)."""
+    config = run.config
+    kind = config.target.kind
+    if kind == "local":
+        target, _ = _load_target(run)
+        yield target, f"local:{file_digest(run.target_path)}|{describe(config.target.defenses)}", lambda: None
+        return
+    if kind == "http":
+        client = HttpTarget(config.target.url, config.target.resolved_api_key() or "", batch_size=config.target.query_batch_size)
+        try:
+            yield client, f"http:{client.model_id}", lambda: client.usage()["spent"]
+        finally:
+            client.close()
+        return
+    # served: the provider's API in a child process, with an account for this run
+    settings = ServeSettings(checkpoint=run.target_path, db=str(run.dir / "service.sqlite"), defenses=defense_configs(run))
+    key_file = run.dir / "api_key"
+    if not key_file.exists():
+        key_file.write_text(Ledger(settings.db).create_account("attacker", price=config.target.price) + "\n")
+        key_file.chmod(0o600)
+    with ServerProcess(settings) as server:
+        client = HttpTarget(server.url, key_file.read_text().strip(), batch_size=config.target.query_batch_size)
+        try:
+            yield client, f"http:{client.model_id}", lambda: client.usage()["spent"]
+        finally:
+            client.close()
 
 
 def steal(run: Run) -> Path:
     """Steal the target with the configured attack; returns the stolen encoder's checkpoint path."""
     config = run.config
-    target, target_meta = _load_target(run)
-    target_id = f"local:{file_digest(run.target_path)}"
+    remote_only = config.target.kind == "http" and not run.target_path.exists()
+    target_meta = {} if remote_only else _target_encoder(run)[1]
     recipe = {"attack": config.attack.model_dump(mode="json"), "surrogate": config.surrogate.model_dump(mode="json"),
-              "target": target_id, "seed": config.seed}
+              "target": {"kind": config.target.kind, "checkpoint": None if remote_only else file_digest(run.target_path),
+                         "url": config.target.url, "defenses": describe(config.target.defenses)},
+              "seed": config.seed}
     if _reusable(run.stolen_path, recipe, "stolen encoder"):
         return run.stolen_path
     seed_everything(config.seed)
     surrogate, surrogate_record = surrogate_images(
-        config.surrogate, target_meta["pretraining_data"], config.seed, **run.data_kwargs()
+        config.surrogate, target_meta.get("pretraining_data"), config.seed, **run.data_kwargs()
     )
-    cache = QueryCache(run.dir / "queries.sqlite", target_id)
-    cached = CachedTarget(target, cache, batch_size=config.target.query_batch_size, progress=run.progress)
-    started = time.perf_counter()
-    stolen = ATTACKS[config.attack.name](cached, surrogate, config.attack, run.context("steal"))
-    seconds = time.perf_counter() - started
+    with _victim(run) as (target, target_id, spent):
+        cache = QueryCache(run.dir / "queries.sqlite", target_id)
+        cached = CachedTarget(target, cache, batch_size=config.target.query_batch_size, progress=run.progress)
+        started = time.perf_counter()
+        stolen = ATTACKS[config.attack.name](cached, surrogate, config.attack, run.context("steal"))
+        seconds = time.perf_counter() - started
+        cost = spent()
     save_encoder(stolen, run.stolen_path, {
         "role": "stolen",
         "recipe": recipe,
@@ -177,6 +255,7 @@ def steal(run: Run) -> Path:
         "queries": len(cache),
         "queries_this_run": cached.queries,
         "queries_reused": cached.reused,
+        "cost": cost,
         "wall_seconds": seconds,
         **provenance(),
     })
@@ -200,7 +279,9 @@ def _downstream_split(name: str, split: str, limit: int | None, seed: int, run: 
 def evaluate(run: Run) -> dict:
     """TA, SA, R, SA/TA, captured gain and fidelity on every downstream task; writes results.json and report.md."""
     config = run.config
-    target, target_meta = _load_target(run)
+    # The attacker of a remote API without the target's weights measures SA and R only.
+    remote_only = config.target.kind == "http" and not run.target_path.exists()
+    target, target_meta = (None, {}) if remote_only else _load_target(run)
     if not run.stolen_path.exists():
         raise RunDirError(f"no stolen encoder at {run.stolen_path}: run `encsteal steal` first")
     stolen, stolen_meta = load_encoder(run.stolen_path, run.device)
@@ -208,7 +289,7 @@ def evaluate(run: Run) -> dict:
     random_init = build_encoder(config.attack.arch, config.attack.stem, out_dim=stolen.feature_dim).eval()
     size, batch = config.data.image_size, config.evaluate.batch_size
     encoders = {
-        "target": target.embed,
+        **({} if target is None else {"target": target.embed}),
         "stolen": LocalTarget(stolen, image_size=size, device=run.device, batch_size=batch).embed,
         "random": LocalTarget(random_init, image_size=size, device=run.device, batch_size=batch).embed,
     }
@@ -230,12 +311,16 @@ def evaluate(run: Run) -> dict:
         "downstream": downstream,
         "queries": stolen_meta["queries"],
         "queries_this_run": stolen_meta["queries_this_run"],
+        "cost": stolen_meta.get("cost"),
+        "defenses": describe(config.target.defenses),
+        "target_kind": config.target.kind,
         "pretrain_seconds": target_meta.get("wall_seconds"),
         "steal_seconds": stolen_meta["wall_seconds"],
         "evaluate_seconds": time.perf_counter() - started,
         "pretrain_images_per_s": target_meta.get("images_per_s"),
-        "target": {"arch": target.encoder.arch, "stem": target.encoder.stem, "checkpoint": str(run.target_path),
-                   "pretraining_data": target_meta.get("pretraining_data"), "epochs": target_meta.get("epochs")},
+        "target": None if target is None else {
+            "arch": target.encoder.arch, "stem": target.encoder.stem, "checkpoint": str(run.target_path),
+            "pretraining_data": target_meta.get("pretraining_data"), "epochs": target_meta.get("epochs")},
         "attack": {"name": config.attack.name, "arch": config.attack.arch, "stem": config.attack.stem,
                    "epochs": config.attack.epochs, "lam": config.attack.lam, "distance": config.attack.distance},
         "surrogate": {key: value for key, value in surrogate.items() if key != "indices"},

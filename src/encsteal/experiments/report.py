@@ -56,11 +56,12 @@ def plot_summary(results: dict, run_dir: Path) -> Path:
     tasks = list(results["downstream"])
     width = 0.27
     for offset, (key, label) in enumerate([("R", "random-init (R)"), ("SA", "stolen (SA)"), ("TA", "target (TA)")]):
-        values = [100 * results["downstream"][t][key] for t in tasks]
+        values = [100 * (results["downstream"][t][key] or 0) for t in tasks]
         axes[0].bar([i + (offset - 1) * width for i in range(len(tasks))], values, width, label=label)
     axes[0].set_xticks(range(len(tasks)), tasks)
     axes[0].set_ylabel("downstream accuracy (%)")
-    low = min(100 * results["downstream"][t][k] for t in tasks for k in ("R", "SA", "TA"))
+    low = min((100 * results["downstream"][t][k] for t in tasks for k in ("R", "SA", "TA")
+               if results["downstream"][t][k] is not None), default=0)
     axes[0].set_ylim(max(0, low - 10), 106)
     axes[0].legend(loc="upper center", ncol=3, fontsize=7, frameon=False)
     axes[0].set_title(f"{results['queries']} queries")
@@ -78,14 +79,20 @@ def plot_summary(results: dict, run_dir: Path) -> Path:
 
 def write_report(results: dict, run_dir: Path) -> Path:
     plot = plot_summary(results, run_dir)
-    weak = [name for name, row in results["downstream"].items() if not row["gain_meaningful"]]
+    weak = [name for name, row in results["downstream"].items() if row["TA"] is not None and not row["gain_meaningful"]]
     target, attack, surrogate = results["target"], results["attack"], results["surrogate"]
-    data = target.get("pretraining_data") or {}
+    if target is None:
+        about_target = f"Target: a remote API ({results.get('target_kind')}), weights unknown: no TA, no G.  "
+    else:
+        data = target.get("pretraining_data") or {}
+        about_target = (f"Target: {target['arch']} ({target['stem']} stem), pre-trained {target.get('epochs')} epochs on "
+                        f"{data.get('count')} images of {data.get('dataset')}/{data.get('split')}.  ")
     lines = [
         f"# {results['name']}",
         "",
-        f"Target: {target['arch']} ({target['stem']} stem), pre-trained {target.get('epochs')} epochs on "
-        f"{data.get('count')} images of {data.get('dataset')}/{data.get('split')}.  ",
+        about_target,
+        f"Target access: {results.get('target_kind', 'local')}; defenses: {results.get('defenses', 'none')} "
+        "(TA is measured on the defended features, as the API returns them).  ",
         f"Attack: {attack['name']} → {attack['arch']} ({attack['stem']} stem), {attack['epochs']} epochs, "
         f"λ={attack['lam']}, distance {attack['distance']}.  ",
         f"Surrogate: {surrogate['count']} images of {surrogate['dataset']}/{surrogate['split']} ({surrogate['scenario']}).",
@@ -103,6 +110,7 @@ def write_report(results: dict, run_dir: Path) -> Path:
         "| cost | value |",
         "|---|---:|",
         f"| queries | {results['queries']} |",
+        f"| cost (provider's currency) | {_num(results.get('cost'), 4)} |",
         f"| pre-training wall time (s) | {_num(results['pretrain_seconds'], 1)} |",
         f"| stealing wall time (s) | {_num(results['steal_seconds'], 1)} |",
         f"| evaluation wall time (s) | {_num(results['evaluate_seconds'], 1)} |",

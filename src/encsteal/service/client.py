@@ -1,0 +1,110 @@
+"""`HttpTarget`: the embedding API behind the Target interface, so an attack cannot tell it from a local one.
+
+It sends uint8 batches as .npy, retries on 429 (after Retry-After), on 5xx and on lost connections with
+exponential backoff, and sends every request with an Idempotency-Key derived from its images: a request
+whose answer was lost is asked again and answered from the provider's ledger without a second charge.
+Wrap it in a CachedTarget (the pipeline does) so a killed run re-buys nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import httpx
+import numpy as np
+import torch
+
+from encsteal.errors import EncstealError
+from encsteal.service import codec
+from encsteal.target import QueryError, check_images
+
+
+class ApiError(EncstealError):
+    """The embedding API refused a request or cannot be reached."""
+
+
+class QuotaExhausted(ApiError):
+    pass
+
+
+RETRY_STATUS = {429, 502, 503, 504}
+"""Worth waiting for: the rate limit, and a proxy or server that is restarting (a 500 would only repeat)."""
+
+
+class HttpTarget:
+    def __init__(self, url: str, api_key: str, *, batch_size: int = 256, timeout: float = 120.0,
+                 retries: int = 8, backoff: float = 0.5, max_backoff: float = 30.0) -> None:
+        if not api_key:
+            raise ApiError("no API key for the embedding API: set target.api_key or the environment variable in target.api_key_env")
+        self.url = url.rstrip("/")
+        self.batch_size = batch_size
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.client = httpx.Client(base_url=self.url, timeout=timeout, headers={"Authorization": f"Bearer {api_key}"})
+        self.queries = 0
+        """Images billed by the API to this object (replays of paid requests are free)."""
+        self.cost = 0.0
+        info = self._request("GET", "/v1/model").json()
+        self.model_id: str = info["model_id"]
+        self.image_size: int = info["input_size"]
+        self.feature_dim: int = info["feature_dim"]
+        self.batch_size = min(batch_size, info.get("max_batch", batch_size))
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        check_images(images)
+        return torch.cat([self._embed_batch(chunk) for chunk in images.split(self.batch_size)])
+
+    def usage(self) -> dict:
+        """The account's queries, quota and spending, as the provider's ledger has them."""
+        return self._request("GET", "/v1/usage").json()
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _embed_batch(self, images: torch.Tensor) -> torch.Tensor:
+        body = codec.encode_npy(images.contiguous().numpy())
+        key = hashlib.sha256(body).hexdigest()
+        response = self._request("POST", "/v1/embeddings", content=body, headers={
+            "Content-Type": codec.NPY, "Accept": codec.NPY, "Idempotency-Key": key})
+        features = codec.decode_npy(response.content)
+        if features.shape[0] != len(images):
+            raise QueryError(f"the API answered {len(images)} images with {features.shape[0]} feature vectors")
+        self.queries += int(response.headers.get("x-queries-billed", 0))
+        self.cost += float(response.headers.get("x-cost", 0.0))
+        return torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+
+    def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                response = self.client.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if last:
+                    raise ApiError(f"cannot reach the embedding API at {self.url} ({type(exc).__name__}: {exc}); "
+                                   "check the URL and that the server is running") from None
+                time.sleep(delay)
+                delay = min(2 * delay, self.max_backoff)
+                continue
+            if response.status_code < 400:
+                return response
+            if response.status_code in RETRY_STATUS and not last:
+                retry_after = response.headers.get("retry-after")
+                wait = float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else delay
+                time.sleep(min(wait, self.max_backoff))
+                delay = min(2 * delay, self.max_backoff)
+                continue
+            detail = _detail(response)
+            if response.status_code == 402:
+                raise QuotaExhausted(f"the embedding API refused the request: {detail}; queries bought so far are kept")
+            raise ApiError(f"the embedding API at {self.url} answered {response.status_code}: {detail}")
+        raise AssertionError("unreachable")
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("detail", response.text))
+    except ValueError:
+        return response.text.strip()[:200] or response.reason_phrase

@@ -1,0 +1,101 @@
+"""Start the embedding API with uvicorn: `encsteal serve CHECKPOINT --db PATH --port N [--defense ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import uvicorn
+
+from encsteal.errors import EncstealError
+from encsteal.service.app import SETTINGS_ENV, ServeSettings, create_app
+
+
+def serve(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
+          log_level: str = "warning") -> None:
+    # Build the app here first: a bad checkpoint, defense or database fails now, with one clear message,
+    # instead of in every worker process.
+    app = create_app(settings)
+    if workers == 1:
+        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        return
+    os.environ[SETTINGS_ENV] = settings.model_dump_json()
+    uvicorn.run("encsteal.service.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level=log_level)
+
+
+class ServerProcess:
+    """The API in a child process on 127.0.0.1 (what a run with target.kind=served and the tests start).
+
+        with ServerProcess(settings) as server:
+            HttpTarget(server.url, key)
+    """
+
+    def __init__(self, settings: ServeSettings, *, port: int | None = None, workers: int = 1,
+                 startup_timeout: float = 120.0) -> None:
+        self.settings = settings
+        self.port = port or free_port()
+        self.workers = workers
+        self.startup_timeout = startup_timeout
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> ServerProcess:
+        env = {**os.environ, SETTINGS_ENV: self.settings.model_dump_json()}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "encsteal.service.server", "--port", str(self.port), "--workers", str(self.workers)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise EncstealError(f"the embedding API did not start: {self.process.stderr.read().strip()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise EncstealError(f"the embedding API did not answer on {self.url} within {self.startup_timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+if __name__ == "__main__":  # the child of ServerProcess: settings come through the environment
+    parser = argparse.ArgumentParser(description="encsteal embedding API (settings in $" + SETTINGS_ENV + ")")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    serve(ServeSettings.model_validate_json(os.environ[SETTINGS_ENV]), host=args.host, port=args.port, workers=args.workers)
