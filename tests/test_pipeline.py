@@ -102,3 +102,18 @@ def test_cli_stage_commands(tmp_path):
     assert "digits" in result.stdout and (tmp_path / "run" / "results.json").exists()
     shown = cli("config", str(preset), "attack.epochs=3")
     assert yaml.safe_load(shown.stdout)["attack"]["epochs"] == 3
+
+
+def test_named_tasks_with_their_own_probe_share_features_and_average_random_inits(tmp_path):
+    config = config_from_dict(tiny_tree(run_dir=str(tmp_path / "run"), evaluate={
+        **tiny_tree()["evaluate"], "random_inits": 2,
+        "downstream": [{"dataset": "digits", "train_limit": 64, "test_limit": 32},
+                       {"dataset": "digits", "name": "digits-linear", "train_limit": 64, "test_limit": 32,
+                        "probe": {"hidden": [], "epochs": 2, "lr": 1e-3}}]}))
+    results = run_all(config, progress=False)
+    assert set(results["downstream"]) == {"digits", "digits-linear"}
+    assert results["downstream"]["digits-linear"]["probe"] == "linear"
+    for row in results["downstream"].values():
+        assert len(row["R_runs"]) == 2 and row["R"] == pytest.approx(sum(row["R_runs"]) / 2)
+    with pytest.raises(Exception, match="distinct names"):
+        config_from_dict(tiny_tree(evaluate={"downstream": [{"dataset": "digits"}, {"dataset": "digits"}]}))

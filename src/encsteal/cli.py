@@ -56,7 +56,7 @@ def print_results(results: dict) -> None:
         weak = row["TA"] is not None and not row["gain_meaningful"]
         table.add_row(
             name, _pct(row["TA"]), _pct(row["SA"]), "–" if row["SA_over_TA"] is None else f"{row['SA_over_TA']:.3f}",
-            _pct(row["R"]), gain + (" (target too weak)" if weak else ""), "–" if fid is None else f"{fid:.3f}",
+            _pct(row["R"]) + ("" if row.get("R_std") is None else f" ± {100 * row['R_std']:.1f}"), gain + (" (target too weak)" if weak else ""), "–" if fid is None else f"{fid:.3f}",
         )
     console.print(table)
     cost = "" if results.get("cost") is None else f"cost {results['cost']:.4g} · "

@@ -228,16 +228,6 @@ class AttackConfig(Section):
     _check_augment = field_validator("augment")(_augmentations)
 
 
-class DownstreamConfig(Section):
-    dataset: str
-    train_split: str = "train"
-    test_split: str = "test"
-    train_limit: int | None = Field(None, ge=1)
-    test_limit: int | None = Field(None, ge=1)
-
-    _check_dataset = field_validator("dataset")(_dataset)
-
-
 class ProbeConfig(Section):
     """The downstream classifier: an MLP on frozen features (StolenEncoder §V-A: 512-256, Adam 1e-4, batch 256, 500 epochs)."""
 
@@ -249,11 +239,39 @@ class ProbeConfig(Section):
     """Scale features by the training set's mean and std first (gives every encoder, random ones too, a fair probe)."""
 
 
+class DownstreamConfig(Section):
+    dataset: str
+    name: str | None = None
+    """The task's label in results and reports (default: the dataset's name)."""
+    probe: ProbeConfig | None = None
+    """This task's own probe instead of evaluate.probe (e.g. a linear one: hidden: [])."""
+    train_split: str = "train"
+    test_split: str = "test"
+    train_limit: int | None = Field(None, ge=1)
+    test_limit: int | None = Field(None, ge=1)
+
+    _check_dataset = field_validator("dataset")(_dataset)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.dataset
+
+
 class EvaluateConfig(Section):
     downstream: list[DownstreamConfig] = [DownstreamConfig(dataset="fashion-mnist")]
     probe: ProbeConfig = ProbeConfig()
     batch_size: int = Field(512, ge=1)
     """Images per forward pass when extracting features."""
+    random_inits: int = Field(3, ge=1)
+    """Random-init encoders whose mean accuracy is R (one alone varies by a point or more with its seed)."""
+
+    @model_validator(mode="after")
+    def _unique_labels(self) -> EvaluateConfig:
+        labels = [task.label for task in self.downstream]
+        twice = sorted({label for label in labels if labels.count(label) > 1})
+        if twice:
+            raise ValueError(f"downstream tasks need distinct names; give each a name (twice: {', '.join(twice)})")
+        return self
 
 
 class Config(Section):

@@ -32,21 +32,33 @@ def evaluate_task(
     device: torch.device,
     task: str,
     progress: bool = True,
+    feature_cache: dict | None = None,
 ) -> dict:
-    """Probe accuracy of each encoder ('target', 'stolen', 'random') on one downstream task, and fidelity.
-    Without a 'target' (a remote API whose weights the attacker lacks) TA, SA/TA, G and fidelity are None."""
+    """Probe accuracy of each encoder on one downstream task, and fidelity. `encoders` holds 'stolen', one or
+    more random-init encoders named 'random...' (R is their mean: one random init alone varies by a point or
+    more), and 'target' unless the attacker lacks the target's weights (then TA, SA/TA, G, fidelity are None)."""
     accuracy, test_features = {}, {}
-    for name, embed in encoders.items():
-        train_x = extract_features(embed, train_images, batch_size, f"{task}: {name} features (train)", progress)
-        test_x = extract_features(embed, test_images, batch_size, f"{task}: {name} features (test)", progress)
+    cache = {} if feature_cache is None else feature_cache  # (encoder, id(images)) -> features, across tasks
+
+    def features(name: str, images: torch.Tensor, split: str) -> torch.Tensor:
+        key = (name, id(images))
+        if key not in cache:
+            cache[key] = extract_features(encoders[name], images, batch_size, f"{task}: {name} features ({split})", progress)
+        return cache[key]
+
+    for name in encoders:
+        train_x, test_x = features(name, train_images, "train"), features(name, test_images, "test")
         accuracy[name] = probe_accuracy(train_x, train_labels, test_x, test_labels, num_classes, probe, seed=seed, device=device)
         test_features[name] = test_x
-    ta, sa, r = accuracy.get("target"), accuracy["stolen"], accuracy["random"]
+    randoms = [value for name, value in accuracy.items() if name.startswith("random")]
+    ta, sa, r = accuracy.get("target"), accuracy["stolen"], sum(randoms) / len(randoms)
     return {
         "TA": ta,
         "SA": sa,
         "SA_over_TA": sa / ta if ta else None,
         "R": r,
+        "R_runs": randoms,
+        "R_std": float(torch.tensor(randoms).std()) if len(randoms) > 1 else None,
         "gain_captured": None if ta is None else captured_gain(sa, ta, r),
         "gain_meaningful": ta is not None and ta - r >= MIN_MEANINGFUL_GAIN,
         "fidelity": fidelity(test_features["target"], test_features["stolen"]) if ta is not None else None,

@@ -285,27 +285,42 @@ def evaluate(run: Run) -> dict:
     if not run.stolen_path.exists():
         raise RunDirError(f"no stolen encoder at {run.stolen_path}: run `encsteal steal` first")
     stolen, stolen_meta = load_encoder(run.stolen_path, run.device)
-    torch.manual_seed(config.seed + 2)
-    random_init = build_encoder(config.attack.arch, config.attack.stem, out_dim=stolen.feature_dim).eval()
+    random_inits = []
+    for index in range(config.evaluate.random_inits):
+        torch.manual_seed(config.seed + 2 + 1000 * index)
+        random_inits.append(build_encoder(config.attack.arch, config.attack.stem, out_dim=stolen.feature_dim).eval())
     size, batch = config.data.image_size, config.evaluate.batch_size
     encoders = {
         **({} if target is None else {"target": target.embed}),
         "stolen": LocalTarget(stolen, image_size=size, device=run.device, batch_size=batch).embed,
-        "random": LocalTarget(random_init, image_size=size, device=run.device, batch_size=batch).embed,
+        **{f"random-{index}": LocalTarget(encoder, image_size=size, device=run.device, batch_size=batch).embed
+           for index, encoder in enumerate(random_inits)},
     }
     started = time.perf_counter()
     downstream = {}
     surrogate = stolen_meta["surrogate"]
+    splits: dict[tuple, object] = {}  # tasks on the same data share its tensors, hence its features
+    feature_cache: dict = {}
+
+    def split_of(dataset: str, split: str, limit: int | None, seed: int, exclude: list[int]):
+        key = (dataset, split, limit, seed, len(exclude))
+        if key not in splits:
+            splits[key] = _downstream_split(dataset, split, limit, seed, run, exclude=exclude)
+        return splits[key]
+
     for task in config.evaluate.downstream:
         # Images the attacker queried never count as test images (same-distribution surrogates come from test splits).
         queried = surrogate.get("indices", []) if (surrogate["dataset"], surrogate["split"]) == (task.dataset, task.test_split) else []
-        train = _downstream_split(task.dataset, task.train_split, task.train_limit, config.seed + 3, run)
-        test = _downstream_split(task.dataset, task.test_split, task.test_limit, config.seed + 4, run, exclude=queried)
-        downstream[task.dataset] = evaluate_task(
-            encoders, train.images, train.labels, test.images, test.labels, train.num_classes, config.evaluate.probe,
-            batch_size=batch, seed=config.seed, device=run.device, task=task.dataset, progress=run.progress,
+        train = split_of(task.dataset, task.train_split, task.train_limit, config.seed + 3, [])
+        test = split_of(task.dataset, task.test_split, task.test_limit, config.seed + 4, queried)
+        downstream[task.label] = evaluate_task(
+            encoders, train.images, train.labels, test.images, test.labels, train.num_classes,
+            task.probe or config.evaluate.probe, batch_size=batch, seed=config.seed, device=run.device,
+            task=task.label, progress=run.progress, feature_cache=feature_cache,
         )
-        downstream[task.dataset]["queried_images_held_out"] = len(queried)
+        downstream[task.label]["queried_images_held_out"] = len(queried)
+        downstream[task.label]["probe"] = "linear" if not (task.probe or config.evaluate.probe).hidden else \
+            "mlp-" + "-".join(map(str, (task.probe or config.evaluate.probe).hidden))
     results = {
         "name": config.name,
         "downstream": downstream,

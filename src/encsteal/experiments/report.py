@@ -21,6 +21,11 @@ def _num(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def _random(row: dict) -> str:
+    spread = row.get("R_std")
+    return _pct(row["R"]) + ("" if spread is None else f" ± {100 * spread:.2f}")
+
+
 def results_table(results: dict) -> str:
     """The Markdown table: one row per downstream task."""
     lines = [
@@ -31,7 +36,7 @@ def results_table(results: dict) -> str:
         fid = row.get("fidelity") or {}
         gain = _num(row["gain_captured"]) + ("" if row["gain_meaningful"] else " ⚠")
         lines.append(
-            f"| {name} | {_pct(row['TA'])} | {_pct(row['SA'])} | {_num(row['SA_over_TA'], 3)} | {_pct(row['R'])} | "
+            f"| {name} | {_pct(row['TA'])} | {_pct(row['SA'])} | {_num(row['SA_over_TA'], 3)} | {_random(row)} | "
             f"{gain} | {_num(fid.get('cosine'), 3)} | {_num(fid.get('l2'), 3)} |"
         )
     return "\n".join(lines)
@@ -99,7 +104,8 @@ def write_report(results: dict, run_dir: Path) -> Path:
         "",
         results_table(results),
         "",
-        "R is the accuracy of a randomly initialised encoder of the stolen architecture under the same probe; "
+        "R is the mean accuracy of randomly initialised encoders of the stolen architecture under the same probe "
+        f"({len(next(iter(results['downstream'].values()), {}).get('R_runs') or [0])} seeds); "
         "G is the share of the target's gain over it that the stolen encoder captured.",
     ]
     if weak:
