@@ -177,8 +177,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         key = request.headers.get("idempotency-key")
         features, billed, _ = await run_in_threadpool(
             serve_request, account, body, request.headers.get("content-type", ""), key)
-        usage = (await run_in_threadpool(ledger.usage, account.name))[0]
-        remaining = usage.remaining
+        remaining = await run_in_threadpool(ledger.remaining, account)
         figures = {"queries_billed": billed, "quota_remaining": remaining, "cost": billed * account.price}
         if codec.NPY in request.headers.get("accept", ""):
             headers = {"X-Queries-Billed": str(billed), "X-Cost": repr(figures["cost"]),

@@ -199,6 +199,12 @@ class Ledger:
             return session.scalar(select(LedgerEntry).where(
                 LedgerEntry.account_id == account.id, LedgerEntry.idempotency_key == idempotency_key))
 
+    def remaining(self, account: Account) -> int | None:
+        """Queries left in the account's quota (None: unlimited)."""
+        with Session(self.engine) as session:
+            used, quota = session.execute(select(Account.used, Account.quota).where(Account.id == account.id)).one()
+        return None if quota is None else max(0, quota - used)
+
     def check_quota(self, account: Account, images: int) -> None:
         with Session(self.engine) as session:
             used, quota = session.execute(select(Account.used, Account.quota).where(Account.id == account.id)).one()
