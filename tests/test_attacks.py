@@ -55,7 +55,7 @@ def test_attack_trains_and_pays_what_it_should(name, target, surrogate):
         {"views": 3},
         {"normalize_features": True},
         {"optimizer": "sgd", "weight_decay": 5e-4},
-        *({"distance": name} for name in sorted(DISTANCES)),
+        *({"loss": name} for name in sorted(DISTANCES)),
         {"augment": []},
         {"augment": ["random_resized_crop", "horizontal_flip", "color_jitter", "grayscale"]},
     ],

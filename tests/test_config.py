@@ -90,7 +90,7 @@ def test_surrogate_scenario_source_rules():
         ("attack.arch=resnet99", "attack.arch"),
         ("pretrain.augment=[solarize]", "pretrain.augment"),
         ("evaluate.downstream.0.dataset=cifar11", "evaluate.downstream.0.dataset"),
-        ("attack.distance=l3", "attack.distance"),
+        ("attack.loss=l3", "attack.loss"),
         ("pretrain.method=byol", "pretrain.method"),
     ],
 )

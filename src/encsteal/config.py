@@ -192,7 +192,11 @@ class AttackConfig(Section):
     name: str = "stolenencoder"
     arch: str = "resnet34"
     stem: Literal["cifar", "imagenet"] = "cifar"
-    distance: str = "l2"
+    loss: str = "l2"
+    """d in L = L1 + λ·L2: a distance (l2, l1, cosine) or any stealing loss (mse, infonce, nt-xent, soft-nn,
+    supcon, wasserstein, barlow; see encsteal.losses)."""
+    clean_weight: float = Field(1.0, ge=0)
+    """Weight of L1, the loss on the clean images (Cont-Steal uses only augmented views: 0)."""
     lam: float = Field(20.0, ge=0)
     """Weight of L2 (augmented views); 0 is the paper's StolenEncoder-w/o-aug."""
     views: int = Field(1, ge=1)
@@ -208,7 +212,7 @@ class AttackConfig(Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     """SGD momentum; unused by Adam."""
     temperature: float = Field(0.5, gt=0)
-    """NT-Xent temperature of the contrastive objectives (surrogate-pretrain)."""
+    """Temperature of the contrastive losses (infonce, nt-xent, soft-nn, supcon) and of surrogate-pretrain."""
 
     @field_validator("name")
     @classmethod
@@ -217,12 +221,12 @@ class AttackConfig(Section):
 
         return _one_of(value, ATTACKS, "attack")
 
-    @field_validator("distance")
+    @field_validator("loss")
     @classmethod
-    def _check_distance(cls, value: str) -> str:
-        from encsteal.losses import DISTANCES
+    def _check_loss(cls, value: str) -> str:
+        from encsteal.losses import STEALING_LOSSES
 
-        return _one_of(value, DISTANCES, "distance")
+        return _one_of(value, STEALING_LOSSES, "stealing loss")
 
     _check_arch = field_validator("arch")(_architecture)
     _check_augment = field_validator("augment")(_augmentations)

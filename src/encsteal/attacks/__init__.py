@@ -1,4 +1,4 @@
-"""Attacks: name -> steal(target, surrogate, config, ctx) -> stolen Encoder.
+"""Attacks: name -> steal(target, surrogate, config, ctx, labels=None) -> stolen Encoder.
 
 An attack sees the victim only through `Target.embed`, so the same code steals from an encoder in this
 process or from a remote API; the target (not the attack) counts the queries.

@@ -2,12 +2,14 @@
 
 Query the target once per surrogate image, v(x) = f_t(x), then train a randomly initialised f_s to minimise
 
-    L = L1 + λ·L2,   L1 = mean_x d(v(x), f_s(x)),   L2 = 1/k Σ_j mean_x d(v(x), f_s(A_j(x)))      (Eq. 7)
+    L = w·L1 + λ·L2,   L1 = mean_x d(v(x), f_s(x)),   L2 = 1/k Σ_j mean_x d(v(x), f_s(A_j(x)))      (Eq. 7)
 
 with k fresh augmented views A_j(x) per image and epoch (k = 1 in the paper; the official code's k views
 weigh λ/k each). L2 reuses v(x) for the augmented images — the paper's key approximation
 f_t(A(x)) ≈ f_t(x) — so the attack costs |D| queries. λ = 0 is the paper's StolenEncoder-w/o-aug and then
-no augmented view is computed at all.
+no augmented view is computed at all. d is `attack.loss`: the paper's distances or any stealing loss of
+encsteal.losses; w = `attack.clean_weight` (1 in the paper; Cont-Steal's contrastive loss on augmented
+views only is w = 0, loss nt-xent).
 
 `steal_query_aug` is StolenEncoder-query-aug: L2' = mean_x d(f_t(A(x)), f_s(A(x))) (Eq. 5) with the target
 queried on every epoch's augmented images, (e + 1)·|D| queries.
@@ -22,7 +24,7 @@ import torch.nn.functional as F
 
 from encsteal.augment import build_augmentation
 from encsteal.config import AttackConfig, ConfigError
-from encsteal.losses import DISTANCES
+from encsteal.losses import LABELLED_LOSSES, stealing_loss
 from encsteal.models import Encoder, build_encoder
 from encsteal.progress import progress_bar
 from encsteal.target import Target
@@ -54,6 +56,7 @@ def _train(
     ctx: TrainContext,
     feature_dim: int,
     query_target: Target | None,
+    labels: torch.Tensor | None,
 ) -> Encoder:
     """The training loop shared by both variants; query_target is set only for query-aug."""
     device = ctx.device
@@ -62,7 +65,7 @@ def _train(
     optimizer = make_optimizer(config.optimizer, stolen.parameters(), config.lr, config.weight_decay, config.momentum)
     state = EpochState(ctx.state_path, {"stolen": stolen}, optimizer)
     first_epoch = state.resume()
-    distance = DISTANCES[config.distance]
+    loss_fn = stealing_loss(config.loss, config.temperature)
     augment = build_augmentation(config.augment, surrogate.shape[-1]).to(device)
     views = config.views if config.lam > 0 else 0
     n = len(surrogate)
@@ -84,12 +87,13 @@ def _train(
                 else:
                     v_views = []
                 v = target_features[index].to(device)
+                y = labels[index].to(device) if labels is not None else None
                 # One forward pass over the clean batch and all its views: one graph, k + 1 times the batch.
                 out = _prepare(stolen(channels_last(torch.cat([x, *augmented]))), config)
-                loss = distance(v, out[:batch])
+                loss = config.clean_weight * loss_fn(v, out[:batch], y) if config.clean_weight else 0.0
                 for j in range(views):
                     v_j = v_views[j] if query_target is not None else v
-                    loss = loss + (config.lam / views) * distance(v_j, out[(j + 1) * batch : (j + 2) * batch])
+                    loss = loss + (config.lam / views) * loss_fn(v_j, out[(j + 1) * batch : (j + 2) * batch], y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -104,15 +108,29 @@ def _train(
     return stolen.eval()
 
 
-def steal(target: Target, surrogate: torch.Tensor, config: AttackConfig, ctx: TrainContext) -> Encoder:
-    """StolenEncoder: one query per surrogate image (uint8 N x 3 x H x W), then minimise L1 + λ·L2."""
+def _check(config: AttackConfig, labels: torch.Tensor | None) -> None:
+    """Settings that cannot work, refused before a single query is bought."""
+    if config.loss in LABELLED_LOSSES and labels is None:
+        raise ConfigError(f"attack.loss={config.loss} needs the surrogate images' labels, and this surrogate set has "
+                          "none: use a labelled surrogate dataset or another loss")
+    if config.clean_weight == 0 and config.lam == 0:
+        raise ConfigError("attack.clean_weight=0 and attack.lam=0 leave nothing to minimise")
+
+
+def steal(target: Target, surrogate: torch.Tensor, config: AttackConfig, ctx: TrainContext,
+          labels: torch.Tensor | None = None) -> Encoder:
+    """StolenEncoder: one query per surrogate image (uint8 N x 3 x H x W), then minimise w·L1 + λ·L2.
+    `labels` (one per image) are used only by label-using losses (supcon)."""
+    _check(config, labels)
     features = _prepare(target.embed(surrogate), config)
-    return _train(features, surrogate, config, ctx, features.shape[1], query_target=None)
+    return _train(features, surrogate, config, ctx, features.shape[1], query_target=None, labels=labels)
 
 
-def steal_query_aug(target: Target, surrogate: torch.Tensor, config: AttackConfig, ctx: TrainContext) -> Encoder:
+def steal_query_aug(target: Target, surrogate: torch.Tensor, config: AttackConfig, ctx: TrainContext,
+                    labels: torch.Tensor | None = None) -> Encoder:
     """StolenEncoder-query-aug: also query the target on each epoch's augmented images."""
+    _check(config, labels)
     if config.lam == 0:
         raise ConfigError("attack stolenencoder-query-aug queries augmented images, and attack.lam=0 has none: use attack.name=stolenencoder")
     features = _prepare(target.embed(surrogate), config)
-    return _train(features, surrogate, config, ctx, features.shape[1], query_target=target)
+    return _train(features, surrogate, config, ctx, features.shape[1], query_target=target, labels=labels)

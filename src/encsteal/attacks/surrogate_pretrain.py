@@ -12,7 +12,8 @@ from encsteal.target import Target
 from encsteal.training import TrainContext
 
 
-def pretrain_on_surrogate(target: Target, surrogate: torch.Tensor, config: AttackConfig, ctx: TrainContext) -> Encoder:
+def pretrain_on_surrogate(target: Target, surrogate: torch.Tensor, config: AttackConfig, ctx: TrainContext,
+                          labels: torch.Tensor | None = None) -> Encoder:
     """SimCLR on the surrogate images with the attack's architecture, epochs, batch size, lr and augmentations."""
     del target  # this baseline never queries it
     simclr = PretrainConfig(

@@ -168,7 +168,7 @@ def _with_shadow(run: Run, poisoning: PoisoningConfig) -> PoisoningConfig:
     """The provider's shadow stolen encoder of StolenEncoder §VII-C: the attacker's settings, the provider's own
     pre-training images as the surrogate set, queries to the undefended target (the provider's own, free)."""
     config = run.config
-    attack = config.attack.model_copy(update={"distance": poisoning.distance, "lam": poisoning.lam, "augment": poisoning.augment})
+    attack = config.attack.model_copy(update={"loss": poisoning.distance, "lam": poisoning.lam, "augment": poisoning.augment})
     recipe = {"shadow_of": file_digest(run.target_path), "attack": attack.model_dump(mode="json"),
               "images": poisoning.shadow_images, "seed": config.seed}
     path = run.dir / f"shadow-{hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]}.safetensors"
@@ -225,6 +225,12 @@ def _victim(run: Run) -> Iterator[tuple[Target, str, Callable[[], float | None]]
             client.close()
 
 
+def _surrogate_labels(record: dict, run: Run) -> torch.Tensor | None:
+    """The surrogate images' labels where their dataset has them (used only by label-using losses)."""
+    labels = load_dataset(record["dataset"], record["split"], **run.data_kwargs()).labels
+    return None if labels is None else labels[record["indices"]]
+
+
 def steal(run: Run) -> Path:
     """Steal the target with the configured attack; returns the stolen encoder's checkpoint path."""
     config = run.config
@@ -244,7 +250,8 @@ def steal(run: Run) -> Path:
         cache = QueryCache(run.dir / "queries.sqlite", target_id)
         cached = CachedTarget(target, cache, batch_size=config.target.query_batch_size, progress=run.progress)
         started = time.perf_counter()
-        stolen = ATTACKS[config.attack.name](cached, surrogate, config.attack, run.context("steal"))
+        stolen = ATTACKS[config.attack.name](cached, surrogate, config.attack, run.context("steal"),
+                                             labels=_surrogate_labels(surrogate_record, run))
         seconds = time.perf_counter() - started
         cost = spent()
     save_encoder(stolen, run.stolen_path, {
@@ -337,7 +344,7 @@ def evaluate(run: Run) -> dict:
             "arch": target.encoder.arch, "stem": target.encoder.stem, "checkpoint": str(run.target_path),
             "pretraining_data": target_meta.get("pretraining_data"), "epochs": target_meta.get("epochs")},
         "attack": {"name": config.attack.name, "arch": config.attack.arch, "stem": config.attack.stem,
-                   "epochs": config.attack.epochs, "lam": config.attack.lam, "distance": config.attack.distance},
+                   "epochs": config.attack.epochs, "lam": config.attack.lam, "loss": config.attack.loss},
         "surrogate": {key: value for key, value in surrogate.items() if key != "indices"},
         "device": str(run.device),
     }

@@ -99,7 +99,7 @@ def write_report(results: dict, run_dir: Path) -> Path:
         f"Target access: {results.get('target_kind', 'local')}; defenses: {results.get('defenses', 'none')} "
         "(TA is measured on the defended features, as the API returns them).  ",
         f"Attack: {attack['name']} → {attack['arch']} ({attack['stem']} stem), {attack['epochs']} epochs, "
-        f"λ={attack['lam']}, distance {attack['distance']}.  ",
+        f"λ={attack['lam']}, loss {attack.get('loss', attack.get('distance'))}.  ",
         f"Surrogate: {surrogate['count']} images of {surrogate['dataset']}/{surrogate['split']} ({surrogate['scenario']}).",
         "",
         results_table(results),
