@@ -46,10 +46,11 @@ def evaluate_task(
             cache[key] = extract_features(encoders[name], images, batch_size, f"{task}: {name} features ({split})", progress)
         return cache[key]
 
+    train_features = {}
     for name in encoders:
         train_x, test_x = features(name, train_images, "train"), features(name, test_images, "test")
         accuracy[name] = probe_accuracy(train_x, train_labels, test_x, test_labels, num_classes, probe, seed=seed, device=device)
-        test_features[name] = test_x
+        train_features[name], test_features[name] = train_x, test_x
     randoms = [value for name, value in accuracy.items() if name.startswith("random")]
     ta, sa, r = accuracy.get("target"), accuracy["stolen"], sum(randoms) / len(randoms)
     return {
@@ -61,7 +62,8 @@ def evaluate_task(
         "R_std": float(torch.tensor(randoms).std()) if len(randoms) > 1 else None,
         "gain_captured": None if ta is None else captured_gain(sa, ta, r),
         "gain_meaningful": ta is not None and ta - r >= MIN_MEANINGFUL_GAIN,
-        "fidelity": fidelity(test_features["target"], test_features["stolen"]) if ta is not None else None,
+        "fidelity": fidelity(test_features["target"], test_features["stolen"], target_train=train_features["target"],
+                             stolen_train=train_features["stolen"], train_labels=train_labels) if ta is not None else None,
         "train_size": len(train_images),
         "test_size": len(test_images),
     }

@@ -37,7 +37,8 @@ def results_table(results: dict) -> str:
         gain = _num(row["gain_captured"]) + ("" if row["gain_meaningful"] else " ⚠")
         lines.append(
             f"| {name} | {_pct(row['TA'])} | {_pct(row['SA'])} | {_num(row['SA_over_TA'], 3)} | {_random(row)} | "
-            f"{gain} | {_num(fid.get('cosine'), 3)} | {_num(fid.get('l2'), 3)} |"
+            f"{gain} | {_num(fid.get('cosine'), 3)} | {_num(fid.get('l2'), 3)} | {_num(fid.get('cka'), 3)} | "
+            f"{_pct(fid.get('knn_agree'))} |"
         )
     return "\n".join(lines)
 
@@ -106,7 +107,9 @@ def write_report(results: dict, run_dir: Path) -> Path:
         "",
         "R is the mean accuracy of randomly initialised encoders of the stolen architecture under the same probe "
         f"({len(next(iter(results['downstream'].values()), {}).get('R_runs') or [0])} seeds); "
-        "G is the share of the target's gain over it that the stolen encoder captured.",
+        "G is the share of the target's gain over it that the stolen encoder captured. Fidelity on the test images: "
+        "mean cosine similarity and ℓ2 distance of paired features, linear CKA, and the share of images on which "
+        "20-NN classifiers on the two encoders' features agree (%).",
     ]
     if weak:
         lines += ["", f"⚠ On {', '.join(weak)} the target beats a random encoder by less than "
