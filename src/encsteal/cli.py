@@ -1,4 +1,4 @@
-"""encsteal's command line: `encsteal demo | run | pretrain | steal | evaluate | serve | accounts | presets | config`.
+"""encsteal's command line: `encsteal demo | run | pretrain | steal | evaluate | sweep | serve | accounts | presets | config`.
 
 Every command takes a preset (a YAML file or a shipped name such as `demo` or `fmnist-bench/target`) and
 `key=value` overrides, e.g. `encsteal run demo attack.epochs=20 surrogate.size=2%`.
@@ -217,6 +217,18 @@ def accounts_enable(name: str, db: Db = "eaas.sqlite") -> None:
 
     _guard(lambda: Ledger(db).set_disabled(name, False))
     console.print(f"account '{name}' enabled")
+
+
+@app.command()
+def sweep(
+    grid: Annotated[Path, typer.Argument(help="A sweep file: base preset, cases and/or a grid of key values.")],
+    quiet: Quiet = False,
+) -> None:
+    """Run a grid of runs, resumably; results in <runs_dir>/results.sqlite and summary.md."""
+    from encsteal.experiments.sweep import run_sweep, sweep_table
+
+    rows = _guard(lambda: run_sweep(grid, progress=not quiet, echo=console.print))
+    console.print(sweep_table(rows))
 
 
 @app.command()

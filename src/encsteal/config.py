@@ -125,6 +125,8 @@ class TargetConfig(Section):
     """kind=served: the price per query of the account the run opens."""
     query_batch_size: int = Field(256, ge=1)
     """Images per request; the query cache is written after every request."""
+    query_cache: Path | None = None
+    """The query cache (SQLite); default <run_dir>/queries.sqlite. Runs against the same target may share one."""
 
     @model_validator(mode="after")
     def _check_kind(self) -> TargetConfig:

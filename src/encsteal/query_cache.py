@@ -1,7 +1,8 @@
 """Paid features are never lost and never bought twice.
 
-`QueryCache` is an SQLite file in the run directory mapping a digest of each image's bytes to the feature
-vector the target returned. `CachedTarget` wraps any Target: it answers known images from the cache, buys
+`QueryCache` is an SQLite file (by default in the run directory; runs against the same target may share
+one, e.g. the budgets of a query-budget curve) mapping a digest of each image's bytes to the feature vector
+the target returned, and recording which run asked for which image, so each run's query cost is known. `CachedTarget` wraps any Target: it answers known images from the cache, buys
 only the missing ones, and commits each request's features before buying the next, so a killed run loses
 at most the request in flight and a resumed one re-buys nothing.
 """
@@ -41,6 +42,7 @@ class QueryCache:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             self.db.execute("CREATE TABLE IF NOT EXISTS features (digest BLOB PRIMARY KEY, feature BLOB NOT NULL)")
+            self.db.execute("CREATE TABLE IF NOT EXISTS asked (run TEXT NOT NULL, digest BLOB NOT NULL, PRIMARY KEY (run, digest))")
             self.db.commit()
             row = self.db.execute("SELECT value FROM meta WHERE key = 'target'").fetchone()
         except sqlite3.DatabaseError as exc:
@@ -71,6 +73,14 @@ class QueryCache:
         with self.db:  # one transaction: all of a request's features, or none
             self.db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?)", rows)
 
+    def record_asked(self, run: str, digests: list[bytes]) -> None:
+        with self.db:
+            self.db.executemany("INSERT OR IGNORE INTO asked VALUES (?, ?)", [(run, d) for d in set(digests)])
+
+    def asked(self, run: str) -> int:
+        """Distinct images `run` has asked the target for: its query cost, whoever paid for them first."""
+        return self.db.execute("SELECT COUNT(*) FROM asked WHERE run = ?", (run,)).fetchone()[0]
+
     def close(self) -> None:
         self.db.close()
 
@@ -79,11 +89,13 @@ class CachedTarget:
     """A Target that answers from a QueryCache and buys only what it has never bought.
 
     `queries` counts images bought from the wrapped target by this object; `reused` counts images answered
-    from the cache; `len(cache)` is everything ever bought for this run."""
+    from the cache; `cache.asked(run)` counts the distinct images run `run` ever asked for."""
 
-    def __init__(self, target: Target, cache: QueryCache, *, batch_size: int = 256, progress: bool = True) -> None:
+    def __init__(self, target: Target, cache: QueryCache, *, run: str = "run", batch_size: int = 256,
+                 progress: bool = True) -> None:
         self.target = target
         self.cache = cache
+        self.run = run
         self.batch_size = batch_size
         self.progress = progress
         self.queries = 0
@@ -92,6 +104,7 @@ class CachedTarget:
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         check_images(images)
         digests = image_digests(images)
+        self.cache.record_asked(self.run, digests)
         known = self.cache.get_many(list(set(digests)))
         missing: dict[bytes, int] = {}
         for index, digest in enumerate(digests):

@@ -1,7 +1,7 @@
 """The whole experiment in three stages, each usable on its own from checkpoints:
 
     pretrain  -> <run_dir>/target.safetensors   (skipped when target.checkpoint is given)
-    steal     -> <run_dir>/stolen.safetensors   (queries go through <run_dir>/queries.sqlite)
+    steal     -> <run_dir>/stolen.safetensors   (queries go through the query cache, <run_dir>/queries.sqlite)
     evaluate  -> <run_dir>/results.json, report.md, summary.png
 
 A stage whose output already exists for the same settings is reused, and a stage killed half-way resumes
@@ -247,8 +247,9 @@ def steal(run: Run) -> Path:
         config.surrogate, target_meta.get("pretraining_data"), config.seed, **run.data_kwargs()
     )
     with _victim(run) as (target, target_id, spent):
-        cache = QueryCache(run.dir / "queries.sqlite", target_id)
-        cached = CachedTarget(target, cache, batch_size=config.target.query_batch_size, progress=run.progress)
+        cache = QueryCache(config.target.query_cache or run.dir / "queries.sqlite", target_id)
+        cached = CachedTarget(target, cache, run=str(run.dir.resolve()), batch_size=config.target.query_batch_size,
+                              progress=run.progress)
         started = time.perf_counter()
         stolen = ATTACKS[config.attack.name](cached, surrogate, config.attack, run.context("steal"),
                                              labels=_surrogate_labels(surrogate_record, run))
@@ -259,7 +260,7 @@ def steal(run: Run) -> Path:
         "recipe": recipe,
         "image_size": config.data.image_size,
         "surrogate": surrogate_record,
-        "queries": len(cache),
+        "queries": cache.asked(str(run.dir.resolve())),
         "queries_this_run": cached.queries,
         "queries_reused": cached.reused,
         "cost": cost,

@@ -1,0 +1,203 @@
+"""`encsteal sweep GRID.yaml`: many runs of one preset over a grid of settings, resumable, with one result store.
+
+    base: defenses/served            # the preset every run starts from
+    overrides: [attack.epochs=50]    # key=value for every run (optional)
+    cases:                           # named runs (optional); each a mapping of key: value
+      none: {}
+      top-k-10: {target.defenses: [{name: top-k, k: 10}]}
+    grid:                            # a cartesian product over keys (optional), crossed with the cases
+      seed: [0, 1]
+    share_queries: true              # runs against the same target share one query cache (default true)
+    runs_dir: runs/sweeps/defenses   # default: runs/sweeps/<file name>
+
+Each run is `<runs_dir>/<run id>` (the case's name and the grid's values). Results go to
+`<runs_dir>/results.sqlite`, one row per run with its status, config, results and error: a finished run is
+skipped when the sweep is started again, a failing run is recorded and the others go on. Runs whose target
+would be pre-trained with the same recipe share one target checkpoint under `<runs_dir>/targets/`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import sqlite3
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from encsteal.config import Config, ConfigError, dump_config, load_config
+from encsteal.errors import EncstealError
+
+
+class SweepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    base: str
+    overrides: list[str] = []
+    cases: dict[str, dict] = Field(default_factory=lambda: {})
+    grid: dict[str, list] = Field(default_factory=lambda: {})
+    share_queries: bool = True
+    runs_dir: Path | None = None
+
+
+@dataclass
+class PlannedRun:
+    id: str
+    config: Config
+
+
+def read_spec(path: Path) -> SweepSpec:
+    if not path.is_file():
+        raise ConfigError(f"no sweep file {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+        return SweepSpec.model_validate(tree)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _as_override(key: str, value) -> str:
+    return f"{key}={yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix('...').strip()}"
+
+
+def _value_label(value) -> str:
+    text = value if isinstance(value, (str, int, float, bool)) else json.dumps(value, separators=(",", ":"))
+    return str(text).replace("/", "-").replace(" ", "")
+
+
+def plan(spec: SweepSpec, runs_dir: Path) -> list[PlannedRun]:
+    """Every run of the sweep, in order, with its resolved config (errors surface here, before any run)."""
+    cases = spec.cases or {"": {}}
+    keys = list(spec.grid)
+    runs = []
+    for case_name, case in cases.items():
+        for values in itertools.product(*(spec.grid[key] for key in keys)) if keys else [()]:
+            parts = [case_name] if case_name else []
+            parts += [f"{key.split('.')[-1]}={_value_label(value)}" for key, value in zip(keys, values)]
+            run_id = "__".join(parts) or "run"
+            overrides = [*spec.overrides, *(_as_override(k, v) for k, v in case.items()),
+                         *(_as_override(k, v) for k, v in zip(keys, values)), f"run_dir={runs_dir / run_id}"]
+            try:
+                config = load_config(spec.base, overrides)
+            except ConfigError as exc:
+                raise ConfigError(f"sweep run '{run_id}': {exc}") from None
+            runs.append(PlannedRun(run_id, config))
+    if len({run.id for run in runs}) != len(runs):
+        raise ConfigError("two runs of the sweep get the same id; give the cases distinct names")
+    return runs
+
+
+def _digest(tree) -> str:
+    return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def share(config: Config, runs_dir: Path, share_queries: bool) -> Config:
+    """Point the run at the sweep's shared target checkpoint and query cache."""
+    update = {}
+    if config.target.checkpoint is None and config.target.kind != "http":
+        recipe = {"pretrain": config.pretrain.model_dump(mode="json"), "data": config.data.model_dump(mode="json"),
+                  "seed": config.seed}
+        update["checkpoint"] = runs_dir / "targets" / _digest(recipe) / "target.safetensors"
+    if share_queries and config.target.query_cache is None:
+        # one cache per target identity: checkpoint (or URL) and defenses
+        identity = {"kind": config.target.kind, "checkpoint": str(update.get("checkpoint", config.target.checkpoint)),
+                    "url": config.target.url, "defenses": [d.model_dump(mode="json") for d in config.target.defenses]}
+        update["query_cache"] = runs_dir / "caches" / f"{_digest(identity)}.sqlite"
+    return config.model_copy(update={"target": config.target.model_copy(update=update)}) if update else config
+
+
+class ResultStore:
+    """One row per run: status (done or failed), the resolved config, results.json's content, the error."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("""CREATE TABLE IF NOT EXISTS runs (id TEXT PRIMARY KEY, status TEXT NOT NULL, config TEXT,
+                           results TEXT, error TEXT, seconds REAL, finished REAL)""")
+        self.db.commit()
+
+    def status(self, run_id: str) -> str | None:
+        row = self.db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return row[0] if row else None
+
+    def record(self, run_id: str, status: str, config: Config, results: dict | None, error: str | None, seconds: float) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (run_id, status, dump_config(config), json.dumps(results) if results else None, error,
+                             seconds, time.time()))
+
+    def rows(self) -> list[dict]:
+        names = ("id", "status", "config", "results", "error", "seconds", "finished")
+        return [dict(zip(names, row)) for row in self.db.execute("SELECT * FROM runs ORDER BY finished")]
+
+
+def ensure_target(config: Config, progress: bool) -> None:
+    """Pre-train a shared target once, in its own directory, before the runs that use it."""
+    from encsteal.experiments.pipeline import Run, pretrain
+
+    checkpoint = config.target.checkpoint
+    if checkpoint is None or checkpoint.exists() or config.target.kind == "http":
+        return
+    target_config = config.model_copy(update={"run_dir": checkpoint.parent, "name": "sweep-target",
+                                              "target": config.target.model_copy(update={"checkpoint": None})})
+    pretrain(Run.open(target_config, progress))
+
+
+def run_sweep(path: Path, *, progress: bool = True, echo=print) -> list[dict]:
+    """Run every unfinished run of the sweep; returns the store's rows."""
+    from encsteal.experiments.pipeline import run_all
+
+    spec = read_spec(path)
+    runs_dir = spec.runs_dir or Path("runs") / "sweeps" / path.stem
+    planned = plan(spec, runs_dir)
+    store = ResultStore(runs_dir / "results.sqlite")
+    for index, run in enumerate(planned, 1):
+        if store.status(run.id) == "done":
+            echo(f"[{index}/{len(planned)}] {run.id}: done before, skipped")
+            continue
+        config = share(run.config, runs_dir, spec.share_queries)
+        echo(f"[{index}/{len(planned)}] {run.id}")
+        started = time.perf_counter()
+        try:
+            ensure_target(config, progress)
+            results = run_all(config, progress)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # recorded, and the sweep goes on with the next run
+            detail = str(exc) if isinstance(exc, EncstealError) else "".join(traceback.format_exception_only(exc)).strip()
+            store.record(run.id, "failed", config, None, detail, time.perf_counter() - started)
+            echo(f"    failed: {detail}")
+            continue
+        store.record(run.id, "done", config, results, None, time.perf_counter() - started)
+    rows = store.rows()
+    (runs_dir / "summary.md").write_text(f"# sweep {path.name}\n\n{sweep_table(rows)}\n")
+    return rows
+
+
+def sweep_table(rows: list[dict]) -> str:
+    """Markdown: one line per run and downstream task."""
+    lines = ["| run | task | TA (%) | SA (%) | R (%) | SA/TA | G | queries | cost |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def pct(value):
+        return "–" if value is None else f"{100 * value:.2f}"
+
+    for row in rows:
+        if row["status"] != "done":
+            lines.append(f"| {row['id']} | failed: {row['error']} | | | | | | | |")
+            continue
+        results = json.loads(row["results"])
+        for task, r in results["downstream"].items():
+            gain = "–" if r["gain_captured"] is None else f"{r['gain_captured']:.2f}"
+            ratio = "–" if r["SA_over_TA"] is None else f"{r['SA_over_TA']:.3f}"
+            cost = "–" if results.get("cost") is None else f"{results['cost']:.4g}"
+            lines.append(f"| {row['id']} | {task} | {pct(r['TA'])} | {pct(r['SA'])} | {pct(r['R'])} | {ratio} | "
+                         f"{gain} | {results['queries']} | {cost} |")
+    return "\n".join(lines)

@@ -1,0 +1,48 @@
+"""A sweep: planned from cases x grid, resumable, failures recorded, targets and query caches shared."""
+
+import json
+
+import pytest
+import yaml
+
+from conftest import tiny_tree
+from encsteal.config import ConfigError
+from encsteal.experiments.sweep import plan, read_spec, run_sweep
+
+
+def write_sweep(tmp_path, **spec):
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(yaml.safe_dump(tiny_tree()))
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"base": str(preset), "runs_dir": str(tmp_path / "runs"), **spec}, sort_keys=False))
+    return path
+
+
+def test_plan_crosses_cases_with_the_grid_and_checks_every_config(tmp_path):
+    path = write_sweep(tmp_path, cases={"a": {}, "b": {"attack.lam": 0}}, grid={"surrogate.size": [16, 32]})
+    runs = plan(read_spec(path), tmp_path / "runs")
+    assert [r.id for r in runs] == ["a__size=16", "a__size=32", "b__size=16", "b__size=32"]
+    assert runs[2].config.attack.lam == 0 and runs[3].config.surrogate.size == 32
+    bad = write_sweep(tmp_path, grid={"attack.no_such_key": [1]})
+    with pytest.raises(ConfigError, match="no_such_key"):
+        plan(read_spec(bad), tmp_path / "runs")
+
+
+def test_sweep_shares_target_and_queries_records_failures_and_resumes(tmp_path, one_thread):
+    path = write_sweep(tmp_path, cases={"small": {"surrogate.size": 16}, "large": {"surrogate.size": 32},
+                                        "needs-labels": {"attack.loss": "supcon"}})
+    rows = {row["id"]: row for row in run_sweep(path, progress=False, echo=lambda *_: None)}
+    assert rows["small"]["status"] == rows["large"]["status"] == "done"
+    assert rows["needs-labels"]["status"] == "failed" and "labels" in rows["needs-labels"]["error"]
+    runs = tmp_path / "runs"
+    assert len(list((runs / "targets").glob("*/target.safetensors"))) == 1  # pre-trained once, shared
+    assert len(list((runs / "caches").glob("*.sqlite"))) == 1
+    small, large = (json.loads(rows[k]["results"]) for k in ("small", "large"))
+    assert small["queries"] == 16 and large["queries"] == 32  # each run's own cost...
+    stolen = json.loads((runs / "large" / "stolen.json").read_text())
+    assert stolen["queries_this_run"] == 16 and stolen["queries_reused"] == 16  # ...the 16 shared ones bought once
+    assert "| small | digits |" in (runs / "summary.md").read_text()
+    # started again: the finished runs are skipped, the failed one is tried again
+    said = []
+    run_sweep(path, progress=False, echo=said.append)
+    assert sum("skipped" in line for line in said) == 2
