@@ -88,7 +88,7 @@ def main() -> None:
         settings = ServeSettings(checkpoint=checkpoint, db=str(db), threads=threads, max_batch=256)
         with ServerProcess(settings, workers=workers) as server:
             for batch in BATCHES:
-                count = 128 if batch == 1 else args.images
+                count = 128 if batch == 1 else args.images * (2 if batch == 256 else 1)
                 # fresh images for every measurement: a repeated request would be a free replay, not a query
                 images = torch.randint(0, 256, (count, 3, 32, 32), generator=generator, dtype=torch.uint8)
                 rate, latencies = served(server.url, key, batch, images, clients=workers)

@@ -134,7 +134,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def serve_request(account: Account, body: bytes, content_type: str, idempotency_key: str | None) -> tuple[np.ndarray, int, Account]:
+    def serve_request(account: Account, body: bytes, content_type: str,
+                      idempotency_key: str | None) -> tuple[np.ndarray, int, int | None]:
+        """(features, queries billed, quota left); one read (authentication) and one write (billing) per request."""
         try:
             images = codec.decode_request(body, content_type, model.image_size, settings.max_batch)
         except codec.BadRequest as exc:
@@ -143,19 +145,18 @@ def create_app(settings: ServeSettings) -> FastAPI:
         if idempotency_key:
             replayed = replay(account, idempotency_key, digest)
             if replayed is not None:
-                return replayed, 0, account
-        try:
-            ledger.check_quota(account, len(images))
-        except QuotaExceeded as exc:
-            raise HTTPException(402, str(exc)) from None
+                return replayed, 0, None if account.quota is None else max(0, account.quota - account.used)
+        if account.quota is not None and account.used + len(images) > account.quota:
+            # refused before computing anything (billing below re-checks, atomically, against concurrent requests)
+            raise HTTPException(402, str(QuotaExceeded(account.used, account.quota, len(images))))
         features = model.embed(images)
         try:
-            ledger.bill(account, len(images), digest, idempotency_key, features.tobytes())
+            remaining = ledger.bill(account, len(images), digest, idempotency_key, features.tobytes())
         except QuotaExceeded as exc:
             raise HTTPException(402, str(exc)) from None
         except IntegrityError:  # the same idempotent request, billed by a concurrent worker a moment ago
-            return replay(account, idempotency_key, digest), 0, account
-        return features, len(images), account
+            return replay(account, idempotency_key, digest), 0, None
+        return features, len(images), remaining
 
     def replay(account: Account, key: str, digest: str) -> np.ndarray | None:
         entry = ledger.replay(account, key)
@@ -175,9 +176,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
                                 {"Retry-After": str(seconds)})
         body = await read_body(request)
         key = request.headers.get("idempotency-key")
-        features, billed, _ = await run_in_threadpool(
+        features, billed, remaining = await run_in_threadpool(
             serve_request, account, body, request.headers.get("content-type", ""), key)
-        remaining = await run_in_threadpool(ledger.remaining, account)
         figures = {"queries_billed": billed, "quota_remaining": remaining, "cost": billed * account.price}
         if codec.NPY in request.headers.get("accept", ""):
             headers = {"X-Queries-Billed": str(billed), "X-Cost": repr(figures["cost"]),
