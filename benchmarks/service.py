@@ -3,9 +3,10 @@
 For 1 and 2 uvicorn workers (torch threads split between them) and batch sizes 1, 64 and 256: as many
 concurrent clients as workers send .npy requests back to back for a fixed number of images; we report
 embeddings/s, p50 and p99 request latency, and the ratio to LocalTarget's in-process images/s at the same
-batch size and thread count (goal at batch 256: >= 0.8). Prints a table and one JSON line per measurement.
+batch size and thread count (goal at batch 256: >= 0.8). Each figure is the median of --repeats measurements
+(this machine is shared and noisy). Prints a table and one JSON line per measurement.
 
-    python benchmarks/service.py [--arch resnet18] [--stem imagenet] [--images 2048]
+    python benchmarks/service.py [--arch resnet18] [--stem imagenet] [--images 2048] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--stem", default="imagenet")
-    parser.add_argument("--images", type=int, default=2048, help="images per measurement at batch 64 and 256")
+    parser.add_argument("--images", type=int, default=2048, help="images per measurement at batch 64 (twice that at 256)")
+    parser.add_argument("--repeats", type=int, default=3, help="measurements per figure; the median is reported")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="encsteal-service-bench-"))
@@ -90,9 +92,14 @@ def main() -> None:
             for batch in BATCHES:
                 count = 128 if batch == 1 else args.images * (2 if batch == 256 else 1)
                 # fresh images for every measurement: a repeated request would be a free replay, not a query
-                images = torch.randint(0, 256, (count, 3, 32, 32), generator=generator, dtype=torch.uint8)
-                rate, latencies = served(server.url, key, batch, images, clients=workers)
-                local = in_process(encoder, batch, images, CORES)
+                rates, locals_, latencies = [], [], []
+                for _ in range(args.repeats):
+                    images = torch.randint(0, 256, (count, 3, 32, 32), generator=generator, dtype=torch.uint8)
+                    rate, times = served(server.url, key, batch, images, clients=workers)
+                    rates.append(rate)
+                    latencies += times
+                    locals_.append(in_process(encoder, batch, images, CORES))
+                rate, local = float(np.median(rates)), float(np.median(locals_))
                 row = {"arch": f"{args.arch}/{args.stem}", "workers": workers, "threads_per_worker": threads,
                        "batch": batch, "served_per_s": round(rate, 1), "in_process_per_s": round(local, 1),
                        "ratio": round(rate / local, 3), "p50_ms": round(1000 * float(np.percentile(latencies, 50)), 2),
