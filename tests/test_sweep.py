@@ -41,7 +41,8 @@ def test_sweep_shares_target_and_queries_records_failures_and_resumes(tmp_path, 
     assert small["queries"] == 16 and large["queries"] == 32  # each run's own cost...
     stolen = json.loads((runs / "large" / "stolen.json").read_text())
     assert stolen["queries_this_run"] == 16 and stolen["queries_reused"] == 16  # ...the 16 shared ones bought once
-    assert "| small | digits |" in (runs / "summary.md").read_text()
+    assert "| small | digits |" in (runs / "report.md").read_text()
+    assert (runs / "results.csv").exists() and (runs / "accuracy.png").exists()  # cases only: bars per run
     # started again: the finished runs are skipped, the failed one is tried again
     said = []
     run_sweep(path, progress=False, echo=said.append)

@@ -1,4 +1,4 @@
-"""encsteal's command line: `encsteal demo | run | pretrain | steal | evaluate | sweep | serve | accounts | presets | config`.
+"""encsteal's command line: `encsteal demo | run | pretrain | steal | evaluate | sweep | report | serve | accounts | presets | config`.
 
 Every command takes a preset (a YAML file or a shipped name such as `demo` or `fmnist-bench/target`) and
 `key=value` overrides, e.g. `encsteal run demo attack.epochs=20 surrogate.size=2%`.
@@ -224,11 +224,28 @@ def sweep(
     grid: Annotated[Path, typer.Argument(help="A sweep file: base preset, cases and/or a grid of key values.")],
     quiet: Quiet = False,
 ) -> None:
-    """Run a grid of runs, resumably; results in <runs_dir>/results.sqlite and summary.md."""
-    from encsteal.experiments.sweep import run_sweep, sweep_table
+    """Run a grid of runs, resumably; results in <runs_dir>/results.sqlite, report.md and results.csv."""
+    from encsteal.experiments.sweep import run_sweep
+    from encsteal.experiments.sweep_report import markdown_table
 
     rows = _guard(lambda: run_sweep(grid, progress=not quiet, echo=console.print))
-    console.print(sweep_table(rows))
+    console.print(markdown_table(rows))
+
+
+@app.command()
+def report(
+    grid: Annotated[Path, typer.Argument(help="A sweep file whose runs have (partly) finished.")],
+    x: Annotated[Optional[str], typer.Option(help="The plots' x axis: queries or a dotted config key.")] = None,
+    series: Annotated[Optional[str], typer.Option(help="A dotted config key: one line per value.")] = None,
+) -> None:
+    """Write a sweep's report.md, results.csv and plot from what its runs have stored so far."""
+    from encsteal.experiments.sweep import report_sweep, stored_rows
+
+    def write() -> Path:
+        spec, rows = stored_rows(grid)
+        return report_sweep(grid, spec, rows, x=x, series=series)
+
+    console.print(f"report: {_guard(write)}")
 
 
 @app.command()

@@ -29,8 +29,9 @@ def _random(row: dict) -> str:
 def results_table(results: dict) -> str:
     """The Markdown table: one row per downstream task."""
     lines = [
-        "| downstream | TA (%) | SA (%) | SA/TA | R (%) | G = (SA−R)/(TA−R) | fidelity cos | fidelity ℓ2 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| downstream | TA (%) | SA (%) | SA/TA | R (%) | G = (SA−R)/(TA−R) | fidelity cos | fidelity ℓ2 | CKA | "
+        "20-NN agree (%) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in results["downstream"].items():
         fid = row.get("fidelity") or {}

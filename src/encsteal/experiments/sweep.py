@@ -9,11 +9,13 @@
       seed: [0, 1]
     share_queries: true              # runs against the same target share one query cache (default true)
     runs_dir: runs/sweeps/defenses   # default: runs/sweeps/<file name>
+    report: {x: queries, series: attack.loss}   # what the report plots (optional; see sweep_report)
 
 Each run is `<runs_dir>/<run id>` (the case's name and the grid's values). Results go to
 `<runs_dir>/results.sqlite`, one row per run with its status, config, results and error: a finished run is
 skipped when the sweep is started again, a failing run is recorded and the others go on. Runs whose target
-would be pre-trained with the same recipe share one target checkpoint under `<runs_dir>/targets/`.
+would be pre-trained with the same recipe share one target checkpoint under `<runs_dir>/targets/`. At the end
+`<runs_dir>/report.md`, `results.csv` and a plot are written (`encsteal report` writes them again).
 """
 
 from __future__ import annotations
@@ -34,6 +36,14 @@ from encsteal.config import Config, ConfigError, dump_config, load_config
 from encsteal.errors import EncstealError
 
 
+class ReportSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    x: str | None = None
+    """What goes on the plots' x axis: `queries` or a dotted config key (default: the first numeric grid key)."""
+    series: str | None = None
+    """A dotted config key: one line per value (default: the next grid key)."""
+
+
 class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     base: str
@@ -42,6 +52,10 @@ class SweepSpec(BaseModel):
     grid: dict[str, list] = Field(default_factory=lambda: {})
     share_queries: bool = True
     runs_dir: Path | None = None
+    report: ReportSpec = ReportSpec()
+
+    def runs_dir_for(self, path: Path) -> Path:
+        return self.runs_dir or Path("runs") / "sweeps" / path.stem
 
 
 @dataclass
@@ -155,7 +169,7 @@ def run_sweep(path: Path, *, progress: bool = True, echo=print) -> list[dict]:
     from encsteal.experiments.pipeline import run_all
 
     spec = read_spec(path)
-    runs_dir = spec.runs_dir or Path("runs") / "sweeps" / path.stem
+    runs_dir = spec.runs_dir_for(path)
     planned = plan(spec, runs_dir)
     store = ResultStore(runs_dir / "results.sqlite")
     for index, run in enumerate(planned, 1):
@@ -177,27 +191,22 @@ def run_sweep(path: Path, *, progress: bool = True, echo=print) -> list[dict]:
             continue
         store.record(run.id, "done", config, results, None, time.perf_counter() - started)
     rows = store.rows()
-    (runs_dir / "summary.md").write_text(f"# sweep {path.name}\n\n{sweep_table(rows)}\n")
+    report_sweep(path, spec, rows)
     return rows
 
 
-def sweep_table(rows: list[dict]) -> str:
-    """Markdown: one line per run and downstream task."""
-    lines = ["| run | task | TA (%) | SA (%) | R (%) | SA/TA | G | queries | cost |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+def report_sweep(path: Path, spec: SweepSpec, rows: list[dict], x: str | None = None, series: str | None = None) -> Path:
+    """Write the sweep's report.md, results.csv and plot into its runs directory."""
+    from encsteal.experiments.sweep_report import write_sweep_report
 
-    def pct(value):
-        return "–" if value is None else f"{100 * value:.2f}"
+    return write_sweep_report(rows, spec.runs_dir_for(path), title=f"sweep {path.name}", grid_keys=list(spec.grid),
+                              x=x or spec.report.x, series=series or spec.report.series)
 
-    for row in rows:
-        if row["status"] != "done":
-            lines.append(f"| {row['id']} | failed: {row['error']} | | | | | | | |")
-            continue
-        results = json.loads(row["results"])
-        for task, r in results["downstream"].items():
-            gain = "–" if r["gain_captured"] is None else f"{r['gain_captured']:.2f}"
-            ratio = "–" if r["SA_over_TA"] is None else f"{r['SA_over_TA']:.3f}"
-            cost = "–" if results.get("cost") is None else f"{results['cost']:.4g}"
-            lines.append(f"| {row['id']} | {task} | {pct(r['TA'])} | {pct(r['SA'])} | {pct(r['R'])} | {ratio} | "
-                         f"{gain} | {results['queries']} | {cost} |")
-    return "\n".join(lines)
+
+def stored_rows(path: Path) -> tuple[SweepSpec, list[dict]]:
+    """The sweep file's spec and the rows its store holds so far."""
+    spec = read_spec(path)
+    store_path = spec.runs_dir_for(path) / "results.sqlite"
+    if not store_path.exists():
+        raise ConfigError(f"the sweep {path} has no results yet ({store_path} does not exist): run `encsteal sweep {path}`")
+    return spec, ResultStore(store_path).rows()

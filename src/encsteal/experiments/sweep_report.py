@@ -1,0 +1,202 @@
+"""`encsteal report SWEEP`: a sweep's results as a Markdown table, a CSV file and plots.
+
+One record per run and downstream task, read from the sweep's `results.sqlite`. The plots put SA/TA, the
+captured gain G and the linear CKA between target and stolen features against one setting (`x`): the number
+of queries, or any dotted config key (`attack.lam`, `surrogate.size`, ...), one line per value of another
+(`series`, e.g. `attack.loss`). Without a numeric setting to put on the x axis, TA, SA and R are drawn as
+bars, one group per run (a defense sweep, say).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+import yaml
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from encsteal.config import ConfigError  # noqa: E402
+
+COLUMNS = ("run", "task", "TA", "SA", "R", "R_std", "SA_over_TA", "G", "cosine", "l2", "cka", "knn_agree",
+           "queries", "cost", "steal_seconds")
+CURVES = (("SA_over_TA", "SA/TA"), ("G", "captured gain G"), ("cka", "linear CKA (target vs stolen)"))
+
+
+def setting(config: dict, key: str):
+    """The value of a dotted key (`attack.loss`) in a run's resolved config; `queries` is the run's count."""
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"the sweep's configs have no key '{key}'")
+        node = node[part]
+    return node
+
+
+def records(rows: list[dict]) -> list[dict]:
+    """One dict per finished run and downstream task (COLUMNS, plus `config`); failed runs are left out."""
+    out = []
+    for row in rows:
+        if row["status"] != "done":
+            continue
+        results = json.loads(row["results"])
+        config = yaml.safe_load(row["config"])
+        for task, r in results["downstream"].items():
+            fidelity = r.get("fidelity") or {}
+            out.append({"run": row["id"], "task": task, "TA": r["TA"], "SA": r["SA"], "R": r["R"],
+                        "R_std": r.get("R_std"), "SA_over_TA": r["SA_over_TA"], "G": r["gain_captured"],
+                        **{k: fidelity.get(k) for k in ("cosine", "l2", "cka", "knn_agree")},
+                        "queries": results["queries"], "cost": results.get("cost"),
+                        "steal_seconds": results.get("steal_seconds"), "config": config})
+    return out
+
+
+def write_csv(recs: list[dict], path: Path, extra: list[str]) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*COLUMNS, *extra])
+        for rec in recs:
+            writer.writerow([rec[c] for c in COLUMNS] + [_label(setting(rec["config"], key)) for key in extra])
+    return path
+
+
+def _pct(value) -> str:
+    return "–" if value is None else f"{100 * value:.2f}"
+
+
+def _num(value, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """One line per run and task; failed runs with their error."""
+    lines = ["| run | task | TA (%) | SA (%) | R (%) | SA/TA | G | CKA | queries | cost |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    done = {(rec["run"], rec["task"]): rec for rec in records(rows)}
+    for row in rows:
+        if row["status"] != "done":
+            lines.append(f"| {row['id']} | failed: {row['error']} | | | | | | | | |")
+            continue
+        for (run, _), rec in done.items():
+            if run != row["id"]:
+                continue
+            lines.append(f"| {run} | {rec['task']} | {_pct(rec['TA'])} | {_pct(rec['SA'])} | {_pct(rec['R'])} | "
+                         f"{_num(rec['SA_over_TA'], 3)} | {_num(rec['G'], 2)} | {_num(rec['cka'], 3)} | "
+                         f"{rec['queries']} | {_num(rec['cost'], 4)} |")
+    return "\n".join(lines)
+
+
+def _label(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+def _x_value(rec: dict, x: str):
+    return rec["queries"] if x == "queries" else setting(rec["config"], x)
+
+
+def _numeric(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def plot_curves(recs: list[dict], x: str, series: str | None, path: Path) -> Path:
+    """SA/TA, G and CKA (rows) per downstream task (columns) against x, one line per series value."""
+    tasks = list(dict.fromkeys(rec["task"] for rec in recs))
+    fig, axes = plt.subplots(len(CURVES), len(tasks), figsize=(4.2 * len(tasks), 2.8 * len(CURVES)), squeeze=False)
+    groups: dict[str, list[dict]] = {}
+    for rec in recs:
+        groups.setdefault(_label(setting(rec["config"], series)) if series else "", []).append(rec)
+    for col, task in enumerate(tasks):
+        for row, (metric, title) in enumerate(CURVES):
+            axis = axes[row][col]
+            for name, group in groups.items():
+                points = sorted((_x_value(r, x), r[metric]) for r in group if r["task"] == task and r[metric] is not None)
+                if points:
+                    axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name or None)
+            if metric == "G":
+                axis.axhline(1.0, color="grey", lw=0.8, ls=":")
+            axis.set_title(f"{task}: {title}", fontsize=9)
+            axis.set_xlabel("queries" if x == "queries" else x)
+            if _spread(recs, x) >= 10:  # budgets and sizes span decades
+                axis.set_xscale("log")
+    if series and len(groups) > 1:
+        axes[0][0].legend(fontsize=7, title=series, title_fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _spread(recs: list[dict], x: str) -> float:
+    values = [_x_value(r, x) for r in recs]
+    low = min(values)
+    return math.inf if low <= 0 else max(values) / low
+
+
+def plot_bars(recs: list[dict], path: Path) -> Path:
+    """TA, SA and R per run (groups of bars), one panel per downstream task."""
+    tasks = list(dict.fromkeys(rec["task"] for rec in recs))
+    runs = list(dict.fromkeys(rec["run"] for rec in recs))
+    fig, axes = plt.subplots(len(tasks), 1, figsize=(max(6.0, 0.9 * len(runs) + 2), 3.2 * len(tasks)), squeeze=False)
+    width = 0.27
+    for axis, task in zip(axes[:, 0], tasks):
+        by_run = {rec["run"]: rec for rec in recs if rec["task"] == task}
+        for offset, (key, label) in enumerate([("R", "random-init (R)"), ("SA", "stolen (SA)"), ("TA", "target (TA)")]):
+            values = [100 * (by_run[r][key] or 0) if r in by_run else 0 for r in runs]
+            axis.bar([i + (offset - 1) * width for i in range(len(runs))], values, width, label=label)
+        shown = [100 * by_run[r][k] for r in by_run for k in ("R", "SA", "TA") if by_run[r][k] is not None]
+        axis.set_ylim(max(0.0, min(shown, default=0) - 10), 103)
+        axis.set_xticks(range(len(runs)), runs, rotation=30, ha="right", fontsize=8)
+        axis.set_ylabel(f"{task} accuracy (%)")
+        axis.legend(loc="lower left", ncol=3, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def default_axes(grid_keys: list[str], recs: list[dict], x: str | None = None,
+                 series: str | None = None) -> tuple[str | None, str | None]:
+    """x (unless given): the first grid key with numbers for values, `queries` for surrogate.size (a surrogate
+    image is one query); series (unless given): the first other grid key. x is None when nothing is numeric."""
+    if x is None:
+        numeric = [k for k in grid_keys if recs and all(_numeric(setting(r["config"], k)) for r in recs)]
+        if not numeric:
+            return None, series
+        x = "queries" if numeric[0] == "surrogate.size" else numeric[0]
+    if series is None:
+        on_x = "surrogate.size" if x == "queries" else x
+        series = next((k for k in grid_keys if k != on_x), None)
+    return x, series
+
+
+def write_sweep_report(rows: list[dict], out_dir: Path, *, title: str, grid_keys: list[str],
+                       x: str | None = None, series: str | None = None) -> Path:
+    """report.md, results.csv and a plot in out_dir; returns report.md's path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recs = records(rows)
+    x, series = default_axes(grid_keys, recs, x, series)
+    for key in (x, series):
+        if key not in (None, "queries") and recs:
+            setting(recs[0]["config"], key)  # an unknown key: one clear error before any file is written
+    extra = [k for k in dict.fromkeys([*grid_keys, *(k for k in (x, series) if k)]) if k != "queries"]
+    write_csv(recs, out_dir / "results.csv", extra)
+    lines = [f"# {title}", "", markdown_table(rows), ""]
+    if recs:
+        if x is not None:
+            plot = plot_curves(recs, x, series, out_dir / "curves.png")
+            against = "#queries" if x == "queries" else x
+            lines += [f"SA/TA, captured gain G and linear CKA against {against}"
+                      + (f", one line per {series}." if series else "."), "", f"![curves]({plot.name})", ""]
+        else:
+            plot = plot_bars(recs, out_dir / "accuracy.png")
+            lines += ["TA, SA and R per run.", "", f"![accuracy]({plot.name})", ""]
+    lines += ["TA: the target's features (as served, after any defense); SA: the stolen encoder's; R: mean of "
+              "random-init encoders of the stolen architecture; G = (SA − R) / (TA − R). All rows and columns are in "
+              "results.csv.", ""]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path

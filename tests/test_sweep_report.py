@@ -1,0 +1,90 @@
+"""Reports: a sweep's table, CSV and plots from its stored rows; a run's report table is well formed."""
+
+import csv
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from conftest import tiny_tree
+from encsteal.cli import app
+from encsteal.config import ConfigError
+from encsteal.experiments.report import results_table
+from encsteal.experiments.sweep import ResultStore
+from encsteal.experiments.sweep_report import default_axes, markdown_table, records, write_sweep_report
+from encsteal.config import config_from_dict
+
+
+def task_result(ta, sa, r):
+    return {"TA": ta, "SA": sa, "R": r, "R_std": 0.01, "SA_over_TA": sa / ta, "gain_captured": (sa - r) / (ta - r),
+            "gain_meaningful": True, "fidelity": {"cosine": 0.9, "l2": 1.0, "cka": 0.8, "knn_agree": 0.7}}
+
+
+def stored_row(run_id, loss, size, sa):
+    config = config_from_dict(tiny_tree(attack={"name": "stolenencoder", "arch": "small_cnn", "loss": loss},
+                                        surrogate={"scenario": "different-distribution", "dataset": "natural-crops",
+                                                   "size": size}))
+    results = {"downstream": {"digits": task_result(0.9, sa, 0.5), "fashion-mnist": task_result(0.8, sa - 0.1, 0.6)},
+               "queries": size, "cost": None, "steal_seconds": 1.0}
+    return {"id": run_id, "status": "done", "config": yaml.safe_dump(config.model_dump(mode="json")),
+            "results": json.dumps(results), "error": None}
+
+
+@pytest.fixture
+def rows():
+    grid = [(loss, size, sa) for loss, sa in (("l2", 0.8), ("mse", 0.7)) for size in (100, 1000) for _ in [0]]
+    done = [stored_row(f"{loss}-{size}", loss, size, sa + size / 1e4) for loss, size, sa in grid]
+    return [*done, {"id": "broken", "status": "failed", "config": None, "results": None, "error": "out of memory"}]
+
+
+def test_records_and_table_cover_every_run_and_task(rows):
+    recs = records(rows)
+    assert len(recs) == 8 and {r["task"] for r in recs} == {"digits", "fashion-mnist"}
+    table = markdown_table(rows)
+    assert table.count("| l2-100 |") == 2 and "| broken | failed: out of memory |" in table
+    header, rule, *body = table.splitlines()
+    assert all(line.count("|") == header.count("|") for line in [rule, *body])
+
+
+def test_budget_curves_put_queries_on_x_and_one_line_per_loss(rows, tmp_path):
+    keys = ["surrogate.size", "attack.loss"]
+    assert default_axes(keys, records(rows)) == ("queries", "attack.loss")
+    report = write_sweep_report(rows, tmp_path, title="budgets", grid_keys=keys)
+    assert (tmp_path / "curves.png").stat().st_size > 0 and "one line per attack.loss" in report.read_text()
+    with (tmp_path / "results.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == 8 and {row["attack.loss"] for row in table} == {"l2", "mse"}
+    assert float(table[0]["SA"]) == pytest.approx(0.81)
+
+
+def test_without_a_numeric_setting_the_report_draws_bars(rows, tmp_path):
+    write_sweep_report(rows, tmp_path, title="cases", grid_keys=[])
+    assert (tmp_path / "accuracy.png").exists() and not (tmp_path / "curves.png").exists()
+
+
+def test_an_unknown_axis_is_one_clear_error(rows, tmp_path):
+    with pytest.raises(ConfigError, match="attack.no_such_key"):
+        write_sweep_report(rows, tmp_path, title="x", grid_keys=[], x="attack.no_such_key")
+
+
+def test_report_command_rereads_the_store_and_says_when_there_is_nothing(rows, tmp_path):
+    spec = tmp_path / "budgets.yaml"
+    spec.write_text(yaml.safe_dump({"base": "demo", "runs_dir": str(tmp_path / "runs"),
+                                    "grid": {"surrogate.size": [100, 1000], "attack.loss": ["l2", "mse"]}}))
+    result = CliRunner().invoke(app, ["report", str(spec)])
+    assert result.exit_code == 2 and "no results yet" in " ".join(result.output.split())
+    store = ResultStore(tmp_path / "runs" / "results.sqlite")
+    for row in rows:
+        with store.db:
+            store.db.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, 1.0, 0.0)",
+                             (row["id"], row["status"], row["config"], row["results"], row["error"]))
+    result = CliRunner().invoke(app, ["report", str(spec), "--x", "attack.lam"])
+    assert result.exit_code == 0, result.output
+    assert "against attack.lam, one line per attack.loss" in (tmp_path / "runs" / "report.md").read_text()
+
+
+def test_run_report_table_has_as_many_cells_as_columns():
+    table = results_table({"downstream": {"digits": task_result(0.9, 0.85, 0.5)}})
+    header, rule, row = table.splitlines()
+    assert header.count("|") == rule.count("|") == row.count("|")
