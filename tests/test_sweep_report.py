@@ -34,7 +34,7 @@ def stored_row(run_id, loss, size, sa):
 @pytest.fixture
 def rows():
     grid = [(loss, size, sa) for loss, sa in (("l2", 0.8), ("mse", 0.7)) for size in (100, 1000) for _ in [0]]
-    done = [stored_row(f"{loss}-{size}", loss, size, sa + size / 1e4) for loss, size, sa in grid]
+    done = [stored_row(f"{loss}__size={size}", loss, size, sa + size / 1e4) for loss, size, sa in grid]
     return [*done, {"id": "broken", "status": "failed", "config": None, "results": None, "error": "out of memory"}]
 
 
@@ -42,7 +42,7 @@ def test_records_and_table_cover_every_run_and_task(rows):
     recs = records(rows)
     assert len(recs) == 8 and {r["task"] for r in recs} == {"digits", "fashion-mnist"}
     table = markdown_table(rows)
-    assert table.count("| l2-100 |") == 2 and "| broken | failed: out of memory |" in table
+    assert table.count("| l2__size=100 |") == 2 and "| broken | failed: out of memory |" in table
     header, rule, *body = table.splitlines()
     assert all(line.count("|") == header.count("|") for line in [rule, *body])
 
@@ -56,6 +56,14 @@ def test_budget_curves_put_queries_on_x_and_one_line_per_loss(rows, tmp_path):
         table = list(csv.DictReader(handle))
     assert len(table) == 8 and {row["attack.loss"] for row in table} == {"l2", "mse"}
     assert float(table[0]["SA"]) == pytest.approx(0.81)
+
+
+def test_cases_crossed_with_budgets_give_one_line_per_case(rows, tmp_path):
+    assert default_axes(["surrogate.size"], records(rows)) == ("queries", "case")
+    report = write_sweep_report(rows, tmp_path, title="attacks", grid_keys=["surrogate.size"])
+    assert "one line per case" in report.read_text()
+    with (tmp_path / "results.csv").open() as handle:
+        assert {row["case"] for row in csv.DictReader(handle)} == {"l2", "mse"}
 
 
 def test_without_a_numeric_setting_the_report_draws_bars(rows, tmp_path):

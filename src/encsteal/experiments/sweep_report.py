@@ -3,7 +3,7 @@
 One record per run and downstream task, read from the sweep's `results.sqlite`. The plots put SA/TA, the
 captured gain G and the linear CKA between target and stolen features against one setting (`x`): the number
 of queries, or any dotted config key (`attack.lam`, `surrogate.size`, ...), one line per value of another
-(`series`, e.g. `attack.loss`). Without a numeric setting to put on the x axis, TA, SA and R are drawn as
+(`series`, e.g. `attack.loss`, or `case`: one line per case of the sweep file). Without a numeric setting to put on the x axis, TA, SA and R are drawn as
 bars, one group per run (a defense sweep, say).
 """
 
@@ -27,8 +27,14 @@ COLUMNS = ("run", "task", "TA", "SA", "R", "R_std", "SA_over_TA", "G", "cosine",
 CURVES = (("SA_over_TA", "SA/TA"), ("G", "captured gain G"), ("cka", "linear CKA (target vs stolen)"))
 
 
+def case_of(run_id: str) -> str:
+    """The case a run belongs to: the first part of its id (`cont-steal__size=250` -> `cont-steal`)."""
+    first = run_id.split("__")[0]
+    return "" if "=" in first else first
+
+
 def setting(config: dict, key: str):
-    """The value of a dotted key (`attack.loss`) in a run's resolved config; `queries` is the run's count."""
+    """The value of a dotted key (`attack.loss`) in a run's resolved config."""
     node = config
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
@@ -58,9 +64,10 @@ def records(rows: list[dict]) -> list[dict]:
 def write_csv(recs: list[dict], path: Path, extra: list[str]) -> Path:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow([*COLUMNS, *extra])
+        writer.writerow([*COLUMNS, "case", *extra])
         for rec in recs:
-            writer.writerow([rec[c] for c in COLUMNS] + [_label(setting(rec["config"], key)) for key in extra])
+            writer.writerow([rec[c] for c in COLUMNS] + [case_of(rec["run"])]
+                            + [_label(setting(rec["config"], key)) for key in extra])
     return path
 
 
@@ -94,6 +101,12 @@ def _label(value) -> str:
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
+def _series_value(rec: dict, series: str | None) -> str:
+    if series is None:
+        return ""
+    return case_of(rec["run"]) if series == "case" else _label(setting(rec["config"], series))
+
+
 def _x_value(rec: dict, x: str):
     return rec["queries"] if x == "queries" else setting(rec["config"], x)
 
@@ -108,7 +121,7 @@ def plot_curves(recs: list[dict], x: str, series: str | None, path: Path) -> Pat
     fig, axes = plt.subplots(len(CURVES), len(tasks), figsize=(4.2 * len(tasks), 2.8 * len(CURVES)), squeeze=False)
     groups: dict[str, list[dict]] = {}
     for rec in recs:
-        groups.setdefault(_label(setting(rec["config"], series)) if series else "", []).append(rec)
+        groups.setdefault(_series_value(rec, series), []).append(rec)
     for col, task in enumerate(tasks):
         for row, (metric, title) in enumerate(CURVES):
             axis = axes[row][col]
@@ -163,13 +176,16 @@ def default_axes(grid_keys: list[str], recs: list[dict], x: str | None = None,
     """x (unless given): the first grid key with numbers for values, `queries` for surrogate.size (a surrogate
     image is one query); series (unless given): the first other grid key. x is None when nothing is numeric."""
     if x is None:
-        numeric = [k for k in grid_keys if recs and all(_numeric(setting(r["config"], k)) for r in recs)]
+        numeric = [k for k in grid_keys if k == "surrogate.size"  # a count or a fraction ("5%"): queries either way
+                   or (recs and all(_numeric(setting(r["config"], k)) for r in recs))]
         if not numeric:
             return None, series
         x = "queries" if numeric[0] == "surrogate.size" else numeric[0]
     if series is None:
         on_x = "surrogate.size" if x == "queries" else x
         series = next((k for k in grid_keys if k != on_x), None)
+        if series is None and len({case_of(r["run"]) for r in recs}) > 1:
+            series = "case"
     return x, series
 
 
@@ -180,9 +196,9 @@ def write_sweep_report(rows: list[dict], out_dir: Path, *, title: str, grid_keys
     recs = records(rows)
     x, series = default_axes(grid_keys, recs, x, series)
     for key in (x, series):
-        if key not in (None, "queries") and recs:
+        if key not in (None, "queries", "case") and recs:
             setting(recs[0]["config"], key)  # an unknown key: one clear error before any file is written
-    extra = [k for k in dict.fromkeys([*grid_keys, *(k for k in (x, series) if k)]) if k != "queries"]
+    extra = [k for k in dict.fromkeys([*grid_keys, *(k for k in (x, series) if k)]) if k not in ("queries", "case")]
     write_csv(recs, out_dir / "results.csv", extra)
     lines = [f"# {title}", "", markdown_table(rows), ""]
     if recs:
