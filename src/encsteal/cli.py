@@ -70,6 +70,8 @@ def _run_pipeline(config: Config, quiet: bool) -> None:
     from encsteal.experiments.pipeline import run_all
 
     results = run_all(config, progress=not quiet)
+    if results is None:  # a torchrun rank other than 0: rank 0 reports
+        return
     print_results(results)
     console.print(f"run directory: {config.resolved_run_dir()} (report.md, results.json)")
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from encsteal.config import ConfigError
+from encsteal.distributed import SINGLE, Dist
 
 
 def resolve_device(name: str) -> torch.device:
@@ -65,6 +66,8 @@ class TrainContext:
     """Where the loop saves its state after every epoch and resumes from; None: no resuming."""
     log: Callable[[dict], None] = field(default_factory=lambda: MetricsLog(None))
     progress: bool = True
+    dist: Dist = SINGLE
+    """This process's rank among torchrun's processes (encsteal.distributed); rank 0 alone saves the state."""
 
 
 def to_float_batch(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -126,8 +129,9 @@ class EpochState:
             self.extra[name].copy_(tensor)
         return int(state["epoch"]) + 1
 
-    def save(self, epoch: int) -> None:
-        if self.path is None:
+    def save(self, epoch: int, main: bool = True) -> None:
+        """Save after `epoch`; only the main process writes (every process resumes from the same file)."""
+        if self.path is None or not main:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         state = {
@@ -140,9 +144,9 @@ class EpochState:
         torch.save(state, tmp)
         os.replace(tmp, self.path)
 
-    def finish(self) -> None:
+    def finish(self, main: bool = True) -> None:
         """The loop is done and its result saved elsewhere: the resume state is no longer needed."""
-        if self.path is not None and self.path.exists():
+        if main and self.path is not None and self.path.exists():
             self.path.unlink()
 
 

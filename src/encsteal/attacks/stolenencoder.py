@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from encsteal.augment import build_augmentation
 from encsteal.config import AttackConfig, ConfigError
+from encsteal.distributed import check_batch, gather, shard, unwrap, wrap
 from encsteal.losses import LABELLED_LOSSES, stealing_loss
 from encsteal.models import Encoder, build_encoder
 from encsteal.progress import progress_bar
@@ -59,7 +60,7 @@ def _train(
     labels: torch.Tensor | None,
 ) -> Encoder:
     """The training loop shared by both variants; query_target is set only for query-aug."""
-    device = ctx.device
+    device, dist = ctx.device, ctx.dist
     torch.manual_seed(ctx.seed)
     stolen = build_encoder(config.arch, config.stem, out_dim=feature_dim).to(device).to(memory_format=torch.channels_last)
     optimizer = make_optimizer(config.optimizer, stolen.parameters(), config.lr, config.weight_decay, config.momentum)
@@ -70,8 +71,10 @@ def _train(
     views = config.views if config.lam > 0 else 0
     n = len(surrogate)
     steps = steps_per_epoch(n, config.batch_size)
+    check_batch(config.batch_size, n, dist, "attack.batch_size")
+    model = wrap(stolen, dist, device)
 
-    stolen.train()
+    model.train()
     with progress_bar(config.epochs - first_epoch, f"stealing ({config.arch})", enabled=ctx.progress) as advance:
         for epoch in range(first_epoch, config.epochs):
             generator = start_epoch(ctx.seed, epoch)
@@ -88,8 +91,13 @@ def _train(
                     v_views = []
                 v = target_features[index].to(device)
                 y = labels[index].to(device) if labels is not None else None
-                # One forward pass over the clean batch and all its views: one graph, k + 1 times the batch.
-                out = _prepare(stolen(channels_last(torch.cat([x, *augmented]))), config)
+                # One forward pass over the clean batch and all its views: one graph, k + 1 times the batch
+                # (under torchrun, this rank's slice of each, gathered back into the whole batch).
+                if dist.active:
+                    part = model(channels_last(torch.cat([shard(t, dist) for t in (x, *augmented)])))
+                    out = _prepare(torch.cat([gather(p, dist) for p in part.tensor_split(1 + views)]), config)
+                else:
+                    out = _prepare(model(channels_last(torch.cat([x, *augmented]))), config)
                 loss = config.clean_weight * loss_fn(v, out[:batch], y) if config.clean_weight else 0.0
                 for j in range(views):
                     v_j = v_views[j] if query_target is not None else v
@@ -100,12 +108,12 @@ def _train(
                 total_loss += loss.item()
             seconds = time.perf_counter() - started
             images = steps * config.batch_size * (1 + views) if steps else 0
-            state.save(epoch)
+            state.save(epoch, dist.main)
             ctx.log({"stage": "steal", "epoch": epoch + 1, "loss": total_loss / max(steps, 1),
                      "seconds": seconds, "images_per_s": images / seconds if seconds else None})
             advance(1, status=f"loss {total_loss / max(steps, 1):.4f}")
-    state.finish()
-    return stolen.eval()
+    state.finish(dist.main)
+    return unwrap(model).eval()
 
 
 def _check(config: AttackConfig, labels: torch.Tensor | None) -> None:

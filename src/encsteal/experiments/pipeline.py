@@ -28,6 +28,7 @@ from encsteal.data import load_dataset
 from encsteal.data.surrogate import draw, pretraining_images, surrogate_images
 from encsteal.defenses import build_defense, describe
 from encsteal.defenses.poisoning import PoisoningConfig
+from encsteal.distributed import SINGLE, Dist, SharedAnswers, barrier, from_env
 from encsteal.errors import EncstealError
 from encsteal.evaluate import evaluate_task
 from encsteal.experiments.report import write_report
@@ -53,13 +54,22 @@ class Run:
     dir: Path
     device: torch.device
     progress: bool
+    dist: Dist = SINGLE
+    """Under torchrun, this process's rank: every rank trains, rank 0 alone queries, writes and evaluates."""
 
     @classmethod
     def open(cls, config: Config, progress: bool = True) -> Run:
+        device = resolve_device(config.device)
+        dist = from_env(device.type)
+        if dist.active and device.type == "cuda":
+            device = torch.device("cuda", dist.local_rank)
+            torch.cuda.set_device(device)
         run_dir = config.resolved_run_dir()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(dump_config(config))
-        return cls(config, run_dir, resolve_device(config.device), progress)
+        if dist.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(dump_config(config))
+        barrier(dist)
+        return cls(config, run_dir, device, progress and dist.main, dist)
 
     @property
     def target_path(self) -> Path:
@@ -69,13 +79,16 @@ class Run:
     def stolen_path(self) -> Path:
         return self.dir / "stolen.safetensors"
 
-    def context(self, stage: str) -> TrainContext:
+    def context(self, stage: str, dist: Dist | None = None) -> TrainContext:
+        """A training loop's context; `dist=SINGLE` for a loop that rank 0 runs alone."""
+        dist = self.dist if dist is None else dist
         return TrainContext(
             device=self.device,
             seed=self.config.seed,
             state_path=self.dir / "state" / f"{stage}.pt",
-            log=MetricsLog(self.dir / "metrics.jsonl"),
+            log=MetricsLog(self.dir / "metrics.jsonl" if self.dist.main else None),
             progress=self.progress,
+            dist=dist,
         )
 
     def data_kwargs(self) -> dict:
@@ -134,6 +147,9 @@ def pretrain(run: Run) -> Path:
     started = time.perf_counter()
     encoder = PRETRAINERS[pc.method](images, pc, run.context("pretrain"))
     seconds = time.perf_counter() - started
+    if not run.dist.main:
+        barrier(run.dist)  # until rank 0 has written the checkpoint every rank goes on with
+        return run.target_path
     save_encoder(encoder, run.target_path, {
         "role": "target",
         "recipe": recipe,
@@ -142,8 +158,10 @@ def pretrain(run: Run) -> Path:
         "epochs": pc.epochs,
         "wall_seconds": seconds,
         "images_per_s": 2 * pc.epochs * len(images) / seconds if seconds else None,
+        "processes": run.dist.world,
         **provenance(),
     })
+    barrier(run.dist)
     return run.target_path
 
 
@@ -180,7 +198,7 @@ def _with_shadow(run: Run, poisoning: PoisoningConfig) -> PoisoningConfig:
             images = images[draw(poisoning.shadow_images, len(images), config.seed + 5)]
         target = LocalTarget(encoder, image_size=config.data.image_size, device=run.device, batch_size=config.evaluate.batch_size)
         seed_everything(config.seed)
-        shadow = ATTACKS["stolenencoder"](target, images, attack, run.context(path.stem))
+        shadow = ATTACKS["stolenencoder"](target, images, attack, run.context(path.stem, SINGLE))  # rank 0 alone
         save_encoder(shadow, path, {"role": "shadow", "recipe": recipe, "image_size": config.data.image_size, **provenance()})
     return poisoning.model_copy(update={"shadow": path})
 
@@ -246,13 +264,19 @@ def steal(run: Run) -> Path:
     surrogate, surrogate_record = surrogate_images(
         config.surrogate, target_meta.get("pretraining_data"), config.seed, **run.data_kwargs()
     )
+    labels = _surrogate_labels(surrogate_record, run)
+    if not run.dist.main:  # under torchrun: train on the answers rank 0 buys
+        ATTACKS[config.attack.name](SharedAnswers(None, run.dist), surrogate, config.attack, run.context("steal"),
+                                    labels=labels)
+        barrier(run.dist)  # until rank 0 has written the stolen encoder
+        return run.stolen_path
     with _victim(run) as (target, target_id, spent):
         cache = QueryCache(config.target.query_cache or run.dir / "queries.sqlite", target_id)
         cached = CachedTarget(target, cache, run=str(run.dir.resolve()), batch_size=config.target.query_batch_size,
                               progress=run.progress)
         started = time.perf_counter()
-        stolen = ATTACKS[config.attack.name](cached, surrogate, config.attack, run.context("steal"),
-                                             labels=_surrogate_labels(surrogate_record, run))
+        stolen = ATTACKS[config.attack.name](SharedAnswers(cached, run.dist), surrogate, config.attack,
+                                             run.context("steal"), labels=labels)
         seconds = time.perf_counter() - started
         cost = spent()
     save_encoder(stolen, run.stolen_path, {
@@ -265,9 +289,11 @@ def steal(run: Run) -> Path:
         "queries_reused": cached.reused,
         "cost": cost,
         "wall_seconds": seconds,
+        "processes": run.dist.world,
         **provenance(),
     })
     cache.close()
+    barrier(run.dist)
     return run.stolen_path
 
 
@@ -354,9 +380,10 @@ def evaluate(run: Run) -> dict:
     return results
 
 
-def run_all(config: Config, progress: bool = True) -> dict:
-    """pretrain -> steal -> evaluate; returns the results (also in <run_dir>/results.json)."""
+def run_all(config: Config, progress: bool = True) -> dict | None:
+    """pretrain -> steal -> evaluate; returns the results (also in <run_dir>/results.json). Under torchrun all
+    ranks train and rank 0 alone evaluates; the other ranks return None."""
     run = Run.open(config, progress)
     pretrain(run)
     steal(run)
-    return evaluate(run)
+    return evaluate(run) if run.dist.main else None

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from encsteal.augment import build_augmentation
-from encsteal.config import PretrainConfig
+from encsteal.config import ConfigError, PretrainConfig
 from encsteal.models import Encoder, build_encoder
 from encsteal.models.heads import ProjectionHead
 from encsteal.progress import progress_bar
@@ -44,6 +44,8 @@ def moco_loss(queries: torch.Tensor, keys: torch.Tensor, queue: torch.Tensor, te
 
 def pretrain_moco(images: torch.Tensor, config: PretrainConfig, ctx: TrainContext) -> Encoder:
     """Pre-train config.arch on uint8 images N x 3 x H x W with MoCo v2; returns the query encoder in eval mode."""
+    if ctx.dist.active:  # the queue and the momentum encoder would need their own exchange between ranks
+        raise ConfigError("MoCo pre-training runs in one process; use pretrain.method=simclr under torchrun")
     device = ctx.device
     torch.manual_seed(ctx.seed)
     encoder = build_encoder(config.arch, config.stem).to(device).to(memory_format=torch.channels_last)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import time
 
 import torch
+from torch import nn
 
 from encsteal.augment import build_augmentation
 from encsteal.config import PretrainConfig
+from encsteal.distributed import check_batch, gather, shard, unwrap, wrap
 from encsteal.losses import nt_xent
 from encsteal.models import Encoder, build_encoder
 from encsteal.models.heads import ProjectionHead
@@ -31,7 +33,7 @@ from encsteal.training import (
 
 def pretrain_simclr(images: torch.Tensor, config: PretrainConfig, ctx: TrainContext) -> Encoder:
     """Pre-train config.arch on uint8 images N x 3 x H x W with SimCLR; returns the encoder in eval mode."""
-    device = ctx.device
+    device, dist = ctx.device, ctx.dist
     torch.manual_seed(ctx.seed)
     encoder = build_encoder(config.arch, config.stem).to(device).to(memory_format=torch.channels_last)
     head = ProjectionHead(encoder.feature_dim, encoder.feature_dim, config.projection_dim).to(device)
@@ -42,27 +44,31 @@ def pretrain_simclr(images: torch.Tensor, config: PretrainConfig, ctx: TrainCont
     augment = build_augmentation(config.augment, images.shape[-1]).to(device)
     n = len(images)
     steps = steps_per_epoch(n, config.batch_size)
+    check_batch(config.batch_size, n, dist, "pretrain.batch_size")
+    model = wrap(nn.Sequential(encoder, head), dist, device)
 
-    encoder.train()
-    head.train()
+    model.train()
     with progress_bar(config.epochs - first_epoch, f"pre-training {config.arch} (SimCLR)", enabled=ctx.progress) as advance:
         for epoch in range(first_epoch, config.epochs):
             generator = start_epoch(ctx.seed, epoch)
             started, total_loss = time.perf_counter(), 0.0
             for index in minibatches(n, config.batch_size, generator):
                 x = to_float_batch(images[index], device)
-                views = channels_last(torch.cat([augment(x), augment(x)]))
-                projections = head(encoder(views))
-                first, second = projections.chunk(2)
+                first_view, second_view = augment(x), augment(x)
+                if dist.active:  # this rank's slice of both views; NT-Xent on the gathered whole batch
+                    part = model(channels_last(torch.cat([shard(first_view, dist), shard(second_view, dist)])))
+                    first, second = (gather(p, dist) for p in part.chunk(2))
+                else:
+                    first, second = model(channels_last(torch.cat([first_view, second_view]))).chunk(2)
                 loss = nt_xent(first, second, config.temperature)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 total_loss += loss.item()
             seconds = time.perf_counter() - started
-            state.save(epoch)
+            state.save(epoch, dist.main)
             ctx.log({"stage": "pretrain", "epoch": epoch + 1, "loss": total_loss / max(steps, 1), "seconds": seconds,
                      "images_per_s": 2 * steps * config.batch_size / seconds if seconds else None})
             advance(1, status=f"loss {total_loss / max(steps, 1):.4f}")
-    state.finish()
-    return encoder.eval()
+    state.finish(dist.main)
+    return unwrap(model)[0].eval()

@@ -1,0 +1,101 @@
+"""Data-parallel training: two gloo processes give the one-process gradient, and `torchrun -m encsteal run`
+trains on two processes that share one purchase of the queries."""
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as torch_dist
+import torch.multiprocessing as mp
+import yaml
+from torch import nn
+
+from conftest import tiny_tree
+from encsteal.distributed import Dist, SharedAnswers, gather, shard, wrap
+from encsteal.losses import nt_xent
+
+
+def _batch():
+    torch.manual_seed(0)
+    return torch.randn(8, 5), torch.randn(8, 5)
+
+
+def _model():
+    torch.manual_seed(1)
+    return nn.Linear(5, 4)
+
+
+def _loss(model, x, y, dist):
+    """NT-Xent between two 'views': negatives span the whole batch, so a slice alone would give another loss."""
+    out = model(torch.cat([shard(x, dist), shard(y, dist)]))
+    first, second = (gather(part, dist) for part in out.chunk(2))
+    return nt_xent(first, second, 0.5)
+
+
+def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    torch_dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    dist = Dist(rank=rank, world=world)
+    model = wrap(_model(), dist, torch.device("cpu"))
+    x, y = _batch()
+    _loss(model, x, y, dist).backward()
+    answers = SharedAnswers(FakeTarget() if rank == 0 else None, dist).embed(torch.zeros(3, 3, 4, 4, dtype=torch.uint8))
+    torch.save({"grad": model.module.weight.grad, "answers": answers}, f"{out_dir}/rank{rank}.pt")
+    torch_dist.destroy_process_group()
+
+
+class FakeTarget:
+    """Rank 0's victim in the gradient test: answers by image count so the other rank can check what it got."""
+
+    queries = 0
+
+    def embed(self, images):
+        self.queries += len(images)
+        return torch.arange(len(images) * 2, dtype=torch.float32).reshape(len(images), 2)
+
+
+def test_two_processes_give_the_one_process_gradient_and_share_the_answers(tmp_path):
+    model = _model()
+    _loss(model, *_batch(), Dist()).backward()
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        saved = torch.load(tmp_path / f"rank{rank}.pt")
+        torch.testing.assert_close(saved["grad"], model.weight.grad, rtol=1e-5, atol=1e-6)
+        assert saved["answers"].tolist() == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
+
+
+def test_shared_answers_refuses_a_target_on_the_wrong_rank():
+    with pytest.raises(ValueError):
+        SharedAnswers(None, Dist())
+    with pytest.raises(ValueError):
+        SharedAnswers(FakeTarget(), Dist(rank=1, world=2))
+
+
+@pytest.mark.slow
+def test_torchrun_steals_with_two_processes_and_buys_each_image_once(tmp_path):
+    tree = tiny_tree(run_dir=str(tmp_path / "run"))
+    tree["attack"]["epochs"] = 2
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(yaml.safe_dump(tree))
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "encsteal", "run", str(preset), "--quiet"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "run"
+    assert done.stdout.count("digits") == 1  # rank 0 reports, once
+    stolen = json.loads((run / "stolen.json").read_text())
+    assert stolen["processes"] == 2 and stolen["queries"] == stolen["queries_this_run"] == 48
+    with sqlite3.connect(run / "queries.sqlite") as db:
+        tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        assert "asked" in tables and db.execute("SELECT COUNT(*) FROM asked").fetchone()[0] == 48
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line)["stage"] == "steal"]
+    assert epochs == [1, 2]  # logged by rank 0 alone
+    results = json.loads((run / "results.json").read_text())
+    assert results["downstream"]["digits"]["SA"] is not None
