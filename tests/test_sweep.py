@@ -54,3 +54,31 @@ def test_sweep_shares_target_and_queries_records_failures_and_resumes(tmp_path, 
 def test_every_shipped_sweep_plans(path, tmp_path):
     runs = plan(read_spec(path), tmp_path)
     assert runs and len({run.id for run in runs}) == len(runs)
+
+
+def test_sweep_on_submitit_local_jobs_pretrains_once_and_groups_runs_by_query_cache(tmp_path):
+    from encsteal.experiments.dispatch import SubmititExecutor
+
+    path = write_sweep(tmp_path, cases={"small": {"surrogate.size": 16}, "large": {"surrogate.size": 32},
+                                        "rounded": {"surrogate.size": 16, "target.defenses": [{"name": "rounding", "decimals": 1}]},
+                                        "needs-labels": {"attack.loss": "supcon"}})
+    said = []
+    executor = SubmititExecutor(tmp_path / "runs" / "jobs", cluster="local", timeout_min=20)
+    rows = {row["id"]: row for row in run_sweep(path, progress=False, echo=said.append, executor=executor)}
+    assert [rows[k]["status"] for k in ("small", "large", "rounded")] == ["done"] * 3
+    assert rows["needs-labels"]["status"] == "failed" and "labels" in rows["needs-labels"]["error"]
+    assert any("pre-training 1 shared target" in line for line in said)
+    assert any("4 run(s) in 2 job(s)" in line for line in said)  # small, large, needs-labels share a cache
+    large = json.loads((tmp_path / "runs" / "large" / "stolen.json").read_text())
+    small = json.loads((tmp_path / "runs" / "small" / "stolen.json").read_text())
+    assert small["queries_this_run"] + large["queries_this_run"] == 32  # the 16 shared images bought once
+    assert len(list((tmp_path / "runs" / "targets").glob("*/target.safetensors"))) == 1
+
+
+def test_sweep_command_names_an_unknown_executor(tmp_path):
+    from typer.testing import CliRunner
+
+    from encsteal.cli import app
+
+    result = CliRunner().invoke(app, ["sweep", str(write_sweep(tmp_path)), "--executor", "ray-by-hand"])
+    assert result.exit_code == 2 and "use inline or submitit" in " ".join(result.output.split())

@@ -224,14 +224,29 @@ def accounts_enable(name: str, db: Db = "eaas.sqlite") -> None:
 @app.command()
 def sweep(
     grid: Annotated[Path, typer.Argument(help="A sweep file: base preset, cases and/or a grid of key values.")],
+    executor: Annotated[str, typer.Option(help="inline (here, one run after another) or submitit (jobs).")] = "inline",
+    cluster: Annotated[str, typer.Option(help="submitit: auto, slurm, local (processes here) or debug.")] = "auto",
+    partition: Annotated[Optional[str], typer.Option(help="submitit on SLURM: the partition.")] = None,
+    timeout_min: Annotated[int, typer.Option(min=1, help="submitit: a job's time limit (minutes).")] = 24 * 60,
+    gpus: Annotated[int, typer.Option(min=0, help="submitit: GPUs per job.")] = 0,
+    cpus: Annotated[Optional[int], typer.Option(min=1, help="submitit: CPUs per job.")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Run a grid of runs, resumably; results in <runs_dir>/results.sqlite, report.md and results.csv."""
-    from encsteal.experiments.sweep import run_sweep
+    from encsteal.experiments.sweep import read_spec, run_sweep
     from encsteal.experiments.sweep_report import markdown_table
 
-    rows = _guard(lambda: run_sweep(grid, progress=not quiet, echo=console.print))
-    console.print(markdown_table(rows))
+    def start():
+        if executor == "inline":
+            return run_sweep(grid, progress=not quiet, echo=console.print)
+        if executor != "submitit":
+            raise ConfigError(f"--executor {executor}: use inline or submitit")
+        from encsteal.experiments.dispatch import SubmititExecutor
+
+        jobs = SubmititExecutor(read_spec(grid).runs_dir_for(grid) / "jobs", cluster, partition, timeout_min, gpus, cpus)
+        return run_sweep(grid, progress=False, echo=console.print, executor=jobs)
+
+    console.print(markdown_table(_guard(start)))
 
 
 @app.command()

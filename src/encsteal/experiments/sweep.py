@@ -164,32 +164,62 @@ def ensure_target(config: Config, progress: bool) -> None:
     pretrain(Run.open(target_config, progress))
 
 
-def run_sweep(path: Path, *, progress: bool = True, echo=print) -> list[dict]:
-    """Run every unfinished run of the sweep; returns the store's rows."""
+@dataclass
+class Outcome:
+    """What became of one run: recorded in the store as one row."""
+
+    run_id: str
+    status: str  # done | failed
+    results: dict | None
+    error: str | None
+    seconds: float
+
+
+def execute(run_id: str, config: Config, progress: bool) -> Outcome:
+    """One run of a sweep (its shared target pre-trained first if missing); a failure is an Outcome, not an exception."""
     from encsteal.experiments.pipeline import run_all
 
+    started = time.perf_counter()
+    try:
+        ensure_target(config, progress)
+        results = run_all(config, progress)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # recorded, and the sweep goes on with the next run
+        detail = str(exc) if isinstance(exc, EncstealError) else "".join(traceback.format_exception_only(exc)).strip()
+        return Outcome(run_id, "failed", None, detail, time.perf_counter() - started)
+    return Outcome(run_id, "done", results, None, time.perf_counter() - started)
+
+
+def pending(path: Path, echo=print) -> tuple[SweepSpec, Path, ResultStore, list[PlannedRun]]:
+    """The sweep's spec, runs directory, store, and the runs still to do (with shared targets and caches)."""
     spec = read_spec(path)
     runs_dir = spec.runs_dir_for(path)
     planned = plan(spec, runs_dir)
     store = ResultStore(runs_dir / "results.sqlite")
+    todo = []
     for index, run in enumerate(planned, 1):
         if store.status(run.id) == "done":
             echo(f"[{index}/{len(planned)}] {run.id}: done before, skipped")
-            continue
-        config = share(run.config, runs_dir, spec.share_queries)
-        echo(f"[{index}/{len(planned)}] {run.id}")
-        started = time.perf_counter()
-        try:
-            ensure_target(config, progress)
-            results = run_all(config, progress)
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # recorded, and the sweep goes on with the next run
-            detail = str(exc) if isinstance(exc, EncstealError) else "".join(traceback.format_exception_only(exc)).strip()
-            store.record(run.id, "failed", config, None, detail, time.perf_counter() - started)
-            echo(f"    failed: {detail}")
-            continue
-        store.record(run.id, "done", config, results, None, time.perf_counter() - started)
+        else:
+            todo.append(PlannedRun(run.id, share(run.config, runs_dir, spec.share_queries)))
+    return spec, runs_dir, store, todo
+
+
+def run_sweep(path: Path, *, progress: bool = True, echo=print, executor=None) -> list[dict]:
+    """Run every unfinished run of the sweep, here one after another, or as jobs of `executor`
+    (encsteal.experiments.dispatch); returns the store's rows."""
+    spec, runs_dir, store, todo = pending(path, echo)
+    if executor is None:
+        for index, run in enumerate(todo, 1):
+            echo(f"[{index}/{len(todo)}] {run.id}")
+            outcome = execute(run.id, run.config, progress)
+            if outcome.status == "failed":
+                echo(f"    failed: {outcome.error}")
+            store.record(run.id, outcome.status, run.config, outcome.results, outcome.error, outcome.seconds)
+    else:
+        for run, outcome in executor.run(todo, echo):
+            store.record(run.id, outcome.status, run.config, outcome.results, outcome.error, outcome.seconds)
     rows = store.rows()
     report_sweep(path, spec, rows)
     return rows
