@@ -50,7 +50,7 @@ def test_sweep_shares_target_and_queries_records_failures_and_resumes(tmp_path, 
     assert sum("skipped" in line for line in said) == 2
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "sweeps").rglob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_sweep_plans(path, tmp_path):
     runs = plan(read_spec(path), tmp_path)
     assert runs and len({run.id for run in runs}) == len(runs)

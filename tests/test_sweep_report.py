@@ -96,3 +96,10 @@ def test_run_report_table_has_as_many_cells_as_columns():
     table = results_table({"downstream": {"digits": task_result(0.9, 0.85, 0.5)}})
     header, rule, row = table.splitlines()
     assert header.count("|") == rule.count("|") == row.count("|")
+
+
+def test_published_figures_sit_beside_ours(rows, tmp_path):
+    paper = {"l2__size=1000": {"digits": {"TA": 91.0, "SA": 79.0}}, "mse__size=100": {"gtsrb": {"SA": 70.0}}}
+    text = write_sweep_report(rows, tmp_path, title="paper", grid_keys=[], paper=paper).read_text()
+    assert "| l2__size=1000 | digits | 91.00 | 79.00 | digits | 90.00 | 90.00 |" in text
+    assert "| mse__size=100 | gtsrb | – | 70.00 | digits | 90.00 | 71.00 |" in text  # a task we do not have

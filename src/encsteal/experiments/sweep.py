@@ -28,6 +28,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -53,6 +54,9 @@ class SweepSpec(BaseModel):
     share_queries: bool = True
     runs_dir: Path | None = None
     report: ReportSpec = ReportSpec()
+    paper: dict[str, dict[str, dict[Literal["TA", "SA"], float]]] = Field(default_factory=lambda: {})
+    """Published figures (%) where the sweep mirrors a paper's table: run id -> task -> {TA, SA}; the report
+    puts them beside ours."""
 
     def runs_dir_for(self, path: Path) -> Path:
         return self.runs_dir or Path("runs") / "sweeps" / path.stem
@@ -104,6 +108,9 @@ def plan(spec: SweepSpec, runs_dir: Path) -> list[PlannedRun]:
             runs.append(PlannedRun(run_id, config))
     if len({run.id for run in runs}) != len(runs):
         raise ConfigError("two runs of the sweep get the same id; give the cases distinct names")
+    unknown = sorted(set(spec.paper) - {run.id for run in runs})
+    if unknown:
+        raise ConfigError(f"paper: no run of the sweep is called {', '.join(unknown)}")
     return runs
 
 
@@ -230,7 +237,7 @@ def report_sweep(path: Path, spec: SweepSpec, rows: list[dict], x: str | None = 
     from encsteal.experiments.sweep_report import write_sweep_report
 
     return write_sweep_report(rows, spec.runs_dir_for(path), title=f"sweep {path.name}", grid_keys=list(spec.grid),
-                              x=x or spec.report.x, series=series or spec.report.series)
+                              x=x or spec.report.x, series=series or spec.report.series, paper=spec.paper)
 
 
 def stored_rows(path: Path) -> tuple[SweepSpec, list[dict]]:

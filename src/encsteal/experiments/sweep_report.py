@@ -189,8 +189,26 @@ def default_axes(grid_keys: list[str], recs: list[dict], x: str | None = None,
     return x, series
 
 
+def paper_table(recs: list[dict], paper: dict) -> str:
+    """The published TA and SA (%) beside ours for the runs that mirror a row of the paper's table. Ours are on
+    the same downstream task where the run has it, else on the run's first task (a CPU twin on other data:
+    compare the trend across rows, not the values)."""
+    by_run: dict[str, dict[str, dict]] = {}
+    for rec in recs:
+        by_run.setdefault(rec["run"], {})[rec["task"]] = rec
+    lines = ["| run | paper: task | TA | SA | ours: task | TA | SA |", "|---|---|---:|---:|---|---:|---:|"]
+    for run_id, tasks in paper.items():
+        ours = by_run.get(run_id, {})
+        for task, published in tasks.items():
+            mine = task if task in ours else next(iter(ours), None)
+            rec = ours.get(mine) if mine else None
+            lines.append(f"| {run_id} | {task} | {_num(published.get('TA'), 2)} | {_num(published.get('SA'), 2)} | "
+                         f"{mine or '–'} | {_pct(rec['TA'] if rec else None)} | {_pct(rec['SA'] if rec else None)} |")
+    return "\n".join(lines)
+
+
 def write_sweep_report(rows: list[dict], out_dir: Path, *, title: str, grid_keys: list[str],
-                       x: str | None = None, series: str | None = None) -> Path:
+                       x: str | None = None, series: str | None = None, paper: dict | None = None) -> Path:
     """report.md, results.csv and a plot in out_dir; returns report.md's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     recs = records(rows)
@@ -201,6 +219,10 @@ def write_sweep_report(rows: list[dict], out_dir: Path, *, title: str, grid_keys
     extra = [k for k in dict.fromkeys([*grid_keys, *(k for k in (x, series) if k)]) if k not in ("queries", "case")]
     write_csv(recs, out_dir / "results.csv", extra)
     lines = [f"# {title}", "", markdown_table(rows), ""]
+    if paper:
+        lines += ["## Beside the paper", "", paper_table(recs, paper), "",
+                  "Published figures as the paper prints them; a run not finished yet shows –. Where our task differs "
+                  "from the paper's, compare how the figures move across rows, not the figures.", ""]
     if recs:
         if x is not None:
             plot = plot_curves(recs, x, series, out_dir / "curves.png")
