@@ -189,7 +189,8 @@ def _with_shadow(run: Run, poisoning: PoisoningConfig) -> PoisoningConfig:
     attack = config.attack.model_copy(update={"loss": poisoning.distance, "lam": poisoning.lam, "augment": poisoning.augment})
     recipe = {"shadow_of": file_digest(run.target_path), "attack": attack.model_dump(mode="json"),
               "images": poisoning.shadow_images, "seed": config.seed}
-    path = run.dir / f"shadow-{hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]}.safetensors"
+    # beside the target checkpoint: the provider's artefact, shared by every run against that target
+    path = run.target_path.parent / f"shadow-{hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]}.safetensors"
     if not _reusable(path, recipe, "shadow encoder"):
         encoder, meta = _target_encoder(run)
         data = meta["pretraining_data"]

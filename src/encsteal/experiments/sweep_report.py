@@ -21,6 +21,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from encsteal.config import ConfigError  # noqa: E402
+from encsteal.evaluate import MIN_MEANINGFUL_GAIN  # noqa: E402
 
 COLUMNS = ("run", "task", "TA", "SA", "R", "R_std", "SA_over_TA", "G", "cosine", "l2", "cka", "knn_agree",
            "queries", "cost", "steal_seconds")
@@ -55,6 +56,7 @@ def records(rows: list[dict]) -> list[dict]:
             fidelity = r.get("fidelity") or {}
             out.append({"run": row["id"], "task": task, "TA": r["TA"], "SA": r["SA"], "R": r["R"],
                         "R_std": r.get("R_std"), "SA_over_TA": r["SA_over_TA"], "G": r["gain_captured"],
+                        "G_meaningful": r.get("gain_meaningful", True),
                         **{k: fidelity.get(k) for k in ("cosine", "l2", "cka", "knn_agree")},
                         "queries": results["queries"], "cost": results.get("cost"),
                         "steal_seconds": results.get("steal_seconds"), "config": config})
@@ -92,7 +94,8 @@ def markdown_table(rows: list[dict]) -> str:
             if run != row["id"]:
                 continue
             lines.append(f"| {run} | {rec['task']} | {_pct(rec['TA'])} | {_pct(rec['SA'])} | {_pct(rec['R'])} | "
-                         f"{_num(rec['SA_over_TA'], 3)} | {_num(rec['G'], 2)} | {_num(rec['cka'], 3)} | "
+                         f"{_num(rec['SA_over_TA'], 3)} | {_num(rec['G'], 2)}{'' if rec['G_meaningful'] else ' ⚠'} | "
+                         f"{_num(rec['cka'], 3)} | "
                          f"{rec['queries']} | {_num(rec['cost'], 4)} |")
     return "\n".join(lines)
 
@@ -161,10 +164,11 @@ def plot_bars(recs: list[dict], path: Path) -> Path:
             values = [100 * (by_run[r][key] or 0) if r in by_run else 0 for r in runs]
             axis.bar([i + (offset - 1) * width for i in range(len(runs))], values, width, label=label)
         shown = [100 * by_run[r][k] for r in by_run for k in ("R", "SA", "TA") if by_run[r][k] is not None]
-        axis.set_ylim(max(0.0, min(shown, default=0) - 10), 103)
+        low = max(0.0, min(shown, default=0) - 10)
+        axis.set_ylim(low, 100 + 0.25 * (100 - low))  # headroom for the legend
         axis.set_xticks(range(len(runs)), runs, rotation=30, ha="right", fontsize=8)
         axis.set_ylabel(f"{task} accuracy (%)")
-        axis.legend(loc="lower left", ncol=3, fontsize=7)
+        axis.legend(loc="upper center", ncol=3, fontsize=7, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -233,8 +237,8 @@ def write_sweep_report(rows: list[dict], out_dir: Path, *, title: str, grid_keys
             plot = plot_bars(recs, out_dir / "accuracy.png")
             lines += ["TA, SA and R per run.", "", f"![accuracy]({plot.name})", ""]
     lines += ["TA: the target's features (as served, after any defense); SA: the stolen encoder's; R: mean of "
-              "random-init encoders of the stolen architecture; G = (SA − R) / (TA − R). All rows and columns are in "
-              "results.csv.", ""]
+              "random-init encoders of the stolen architecture; G = (SA − R) / (TA − R), ⚠ where TA − R is under "
+              f"{100 * MIN_MEANINGFUL_GAIN:.0f} points and G means nothing. All rows and columns are in results.csv.", ""]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
