@@ -48,17 +48,28 @@ def _pct(value: float | None) -> str:
 
 def print_results(results: dict) -> None:
     table = Table(title=f"{results['name']}: {results['attack']['name']} with {results['queries']} queries")
-    for column in ("downstream", "TA", "SA", "SA/TA", "R (random init)", "G captured", "fidelity cos"):
-        table.add_column(column, justify="right" if column != "downstream" else "left")
+    longest = max((len(name) for name in results["downstream"]), default=10)
+    table.add_column("downstream", justify="left", no_wrap=True, min_width=longest)
+    for column in ("TA", "SA", "SA/TA", "R", "G", "cos"):
+        table.add_column(column, justify="right", no_wrap=True)
+    weak_tasks = []
     for name, row in results["downstream"].items():
         fid = (row.get("fidelity") or {}).get("cosine")
         gain = "–" if row["gain_captured"] is None else f"{row['gain_captured']:.2f}"
-        weak = row["TA"] is not None and not row["gain_meaningful"]
+        if row["TA"] is not None and not row["gain_meaningful"]:
+            weak_tasks.append(name)
+            gain += " ⚠"
         table.add_row(
             name, _pct(row["TA"]), _pct(row["SA"]), "–" if row["SA_over_TA"] is None else f"{row['SA_over_TA']:.3f}",
-            _pct(row["R"]) + ("" if row.get("R_std") is None else f" ± {100 * row['R_std']:.1f}"), gain + (" (target too weak)" if weak else ""), "–" if fid is None else f"{fid:.3f}",
+            _pct(row["R"]) + ("" if row.get("R_std") is None else f" ± {100 * row['R_std']:.1f}"), gain,
+            "–" if fid is None else f"{fid:.3f}",
         )
     console.print(table)
+    console.print("G = (SA − R)/(TA − R): the share of the target's gain over a random encoder that the copy captured; "
+                  "cos: mean cosine similarity of target and stolen features.")
+    if weak_tasks:
+        console.print(f"⚠ {', '.join(weak_tasks)}: the target beats a random encoder by under 2 points, "
+                      "too little for G to mean anything.")
     cost = "" if results.get("cost") is None else f"cost {results['cost']:.4g} · "
     console.print(
         f"queries {results['queries']} · {cost}defenses {results.get('defenses', 'none')} · pre-training {results['pretrain_seconds'] or 0:.0f} s · "
