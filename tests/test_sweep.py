@@ -1,6 +1,7 @@
 """A sweep: planned from cases x grid, resumable, failures recorded, targets and query caches shared."""
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -37,9 +38,12 @@ def test_sweep_shares_target_and_queries_records_failures_and_resumes(tmp_path, 
     assert rows["needs-labels"]["status"] == "failed" and "labels" in rows["needs-labels"]["error"]
     runs = tmp_path / "runs"
     assert len(list((runs / "targets").glob("*/target.safetensors"))) == 1  # pre-trained once, shared
-    assert len(list((runs / "caches").glob("*.sqlite"))) == 1
+    assert len(list((runs / "caches").glob("*.sqlite"))) == 2  # the shared query cache and probe cache
+    with sqlite3.connect(runs / "caches" / "probes.sqlite") as db:  # R's and the target's probes, once
+        assert db.execute("SELECT COUNT(*) FROM probes").fetchone()[0] == 4  # target + 3 random inits, same data
     small, large = (json.loads(rows[k]["results"]) for k in ("small", "large"))
     assert small["queries"] == 16 and large["queries"] == 32  # each run's own cost...
+    assert small["downstream"]["digits"]["R"] == large["downstream"]["digits"]["R"]
     stolen = json.loads((runs / "large" / "stolen.json").read_text())
     assert stolen["queries_this_run"] == 16 and stolen["queries_reused"] == 16  # ...the 16 shared ones bought once
     assert "| small | digits |" in (runs / "report.md").read_text()

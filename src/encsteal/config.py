@@ -270,6 +270,9 @@ class EvaluateConfig(Section):
     """Images per forward pass when extracting features."""
     random_inits: int = Field(3, ge=1)
     """Random-init encoders whose mean accuracy is R (one alone varies by a point or more with its seed)."""
+    probe_cache: Path | None = None
+    """A file of probe accuracies measured before, reused for the same encoder, data, probe and seed (the random
+    inits and the target, not the stolen encoder); sweeps share one per runs directory. None: no reuse."""
 
     @model_validator(mode="after")
     def _unique_labels(self) -> EvaluateConfig:

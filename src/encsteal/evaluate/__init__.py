@@ -8,6 +8,7 @@ from encsteal.config import ProbeConfig
 from encsteal.evaluate.features import Embed, extract_features
 from encsteal.evaluate.fidelity import fidelity
 from encsteal.evaluate.probe import probe_accuracy
+from encsteal.evaluate.probe_cache import ProbeCache, data_digest, probe_key
 
 MIN_MEANINGFUL_GAIN = 0.02
 """Below 2 points of TA − R the target learned too little for the captured gain G to mean anything."""
@@ -33,10 +34,13 @@ def evaluate_task(
     task: str,
     progress: bool = True,
     feature_cache: dict | None = None,
+    identities: dict[str, str] | None = None,
+    probe_cache: ProbeCache | None = None,
 ) -> dict:
     """Probe accuracy of each encoder on one downstream task, and fidelity. `encoders` holds 'stolen', one or
     more random-init encoders named 'random...' (R is their mean: one random init alone varies by a point or
-    more), and 'target' unless the attacker lacks the target's weights (then TA, SA/TA, G, fidelity are None)."""
+    more), and 'target' unless the attacker lacks the target's weights (then TA, SA/TA, G, fidelity are None).
+    An encoder with an entry in `identities` has its accuracy looked up in (and added to) `probe_cache`."""
     accuracy, test_features = {}, {}
     cache = {} if feature_cache is None else feature_cache  # (encoder, id(images)) -> features, across tasks
 
@@ -47,9 +51,20 @@ def evaluate_task(
         return cache[key]
 
     train_features = {}
+    known = identities if probe_cache is not None and identities else {}
+    data = data_digest(train_images, train_labels, test_images, test_labels) if known else ""
     for name in encoders:
+        key = probe_key(known[name], data, probe, seed) if name in known else None
+        cached = probe_cache.get(key) if key is not None else None
+        if cached is not None and name not in ("target", "stolen"):  # only fidelity needs more than the accuracy
+            accuracy[name] = cached
+            continue
         train_x, test_x = features(name, train_images, "train"), features(name, test_images, "test")
-        accuracy[name] = probe_accuracy(train_x, train_labels, test_x, test_labels, num_classes, probe, seed=seed, device=device)
+        if cached is None:
+            cached = probe_accuracy(train_x, train_labels, test_x, test_labels, num_classes, probe, seed=seed, device=device)
+            if key is not None:
+                probe_cache.put(key, cached)
+        accuracy[name] = cached
         train_features[name], test_features[name] = train_x, test_x
     randoms = [value for name, value in accuracy.items() if name.startswith("random")]
     ta, sa, r = accuracy.get("target"), accuracy["stolen"], sum(randoms) / len(randoms)
@@ -69,4 +84,5 @@ def evaluate_task(
     }
 
 
-__all__ = ["MIN_MEANINGFUL_GAIN", "captured_gain", "evaluate_task", "extract_features", "fidelity", "probe_accuracy"]
+__all__ = ["MIN_MEANINGFUL_GAIN", "ProbeCache", "captured_gain", "evaluate_task", "extract_features", "fidelity",
+           "probe_accuracy"]

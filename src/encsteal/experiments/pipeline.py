@@ -30,7 +30,7 @@ from encsteal.defenses import build_defense, describe
 from encsteal.defenses.poisoning import PoisoningConfig
 from encsteal.distributed import SINGLE, Dist, SharedAnswers, barrier, from_env
 from encsteal.errors import EncstealError
-from encsteal.evaluate import evaluate_task
+from encsteal.evaluate import ProbeCache, evaluate_task
 from encsteal.experiments.report import write_report
 from encsteal.models import build_encoder
 from encsteal.pretrain import PRETRAINERS
@@ -331,6 +331,13 @@ def evaluate(run: Run) -> dict:
         **{f"random-{index}": LocalTarget(encoder, image_size=size, device=run.device, batch_size=batch).embed
            for index, encoder in enumerate(random_inits)},
     }
+    # what determines each encoder's features, for the probe cache (the stolen encoder is new in every run)
+    identities = {f"random-{index}": f"random:{config.attack.arch}:{config.attack.stem}:{stolen.feature_dim}:"
+                                     f"{config.seed + 2 + 1000 * index}:torch-{torch.__version__}"
+                  for index in range(config.evaluate.random_inits)}
+    if target is not None:
+        identities["target"] = f"target:{file_digest(run.target_path)}:{describe(config.target.defenses)}"
+    probe_cache = ProbeCache(config.evaluate.probe_cache) if config.evaluate.probe_cache is not None else None
     started = time.perf_counter()
     downstream = {}
     surrogate = stolen_meta["surrogate"]
@@ -351,11 +358,14 @@ def evaluate(run: Run) -> dict:
         downstream[task.label] = evaluate_task(
             encoders, train.images, train.labels, test.images, test.labels, train.num_classes,
             task.probe or config.evaluate.probe, batch_size=batch, seed=config.seed, device=run.device,
-            task=task.label, progress=run.progress, feature_cache=feature_cache,
+            task=task.label, progress=run.progress, feature_cache=feature_cache, identities=identities,
+            probe_cache=probe_cache,
         )
         downstream[task.label]["queried_images_held_out"] = len(queried)
         downstream[task.label]["probe"] = "linear" if not (task.probe or config.evaluate.probe).hidden else \
             "mlp-" + "-".join(map(str, (task.probe or config.evaluate.probe).hidden))
+    if probe_cache is not None:
+        probe_cache.close()
     results = {
         "name": config.name,
         "downstream": downstream,

@@ -119,7 +119,7 @@ def _digest(tree) -> str:
 
 
 def share(config: Config, runs_dir: Path, share_queries: bool) -> Config:
-    """Point the run at the sweep's shared target checkpoint and query cache."""
+    """Point the run at the sweep's shared target checkpoint, query cache and probe cache."""
     update = {}
     if config.target.checkpoint is None and config.target.kind != "http":
         recipe = {"pretrain": config.pretrain.model_dump(mode="json"), "data": config.data.model_dump(mode="json"),
@@ -130,7 +130,12 @@ def share(config: Config, runs_dir: Path, share_queries: bool) -> Config:
         identity = {"kind": config.target.kind, "checkpoint": str(update.get("checkpoint", config.target.checkpoint)),
                     "url": config.target.url, "defenses": [d.model_dump(mode="json") for d in config.target.defenses]}
         update["query_cache"] = runs_dir / "caches" / f"{_digest(identity)}.sqlite"
-    return config.model_copy(update={"target": config.target.model_copy(update=update)}) if update else config
+    if update:
+        config = config.model_copy(update={"target": config.target.model_copy(update=update)})
+    if config.evaluate.probe_cache is None:  # R's random inits (and an undefended target) are probed once per sweep
+        config = config.model_copy(update={"evaluate": config.evaluate.model_copy(
+            update={"probe_cache": runs_dir / "caches" / "probes.sqlite"})})
+    return config
 
 
 class ResultStore:
