@@ -4,8 +4,8 @@ Both steal the same target checkpoint with the same preset; the 2-process run sp
 processes with one torch thread each, the 1-process run uses both threads. We print, per run, the stealing
 wall time and images/s, and per downstream task SA, R and G, then the ratios (2 / 1). Quality should agree
 within noise (BatchNorm statistics are per slice, the only difference in the maths); on a 2-core CPU the
-speed-up is small, as one process already uses both cores. Both runs share one query cache: the second buys
-nothing.
+speed-up is small, as one process already uses both cores. Both runs share one query cache (the second buys
+nothing) and one probe cache (TA and R are measured once).
 
     python benchmarks/ddp.py [--preset demo] [--runs-dir runs/bench-ddp] [key=value ...]
 """
@@ -43,7 +43,8 @@ def main() -> None:
     target_dir = args.runs_dir / "target"
     encsteal(["pretrain", args.preset, f"run_dir={target_dir}", *args.overrides, "--quiet"], 1)
     shared = [f"target.checkpoint={target_dir / 'target.safetensors'}",
-              f"target.query_cache={args.runs_dir / 'queries.sqlite'}", *args.overrides]
+              f"target.query_cache={args.runs_dir / 'queries.sqlite'}",
+              f"evaluate.probe_cache={args.runs_dir / 'probes.sqlite'}", *args.overrides]  # TA and R probed once
     results = {}
     for processes in (1, 2):
         run_dir = args.runs_dir / f"processes-{processes}"
