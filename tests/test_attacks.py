@@ -97,3 +97,19 @@ def test_stealing_loss_drops(target, surrogate, tmp_path):
     losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 6
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_bf16_autocast_trains_every_attack(name, target, surrogate):
+    config = AttackConfig(name=name, arch="small_cnn", epochs=1, batch_size=12, augment=["horizontal_flip"])
+    context = TrainContext(device=torch.device("cpu"), seed=0, progress=False, precision="bf16")
+    stolen = ATTACKS[name](target, surrogate, config, context)
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in stolen.parameters())  # weights stay fp32
+
+
+@pytest.mark.slow
+def test_compiled_steal_returns_the_plain_encoder(target, surrogate):
+    config = AttackConfig(arch="small_cnn", epochs=1, batch_size=12, augment=["horizontal_flip"])
+    context = TrainContext(device=torch.device("cpu"), seed=0, progress=False, compile=True)
+    stolen = ATTACKS["stolenencoder"](target, surrogate, config, context)
+    assert isinstance(stolen, Encoder)  # not torch.compile's wrapper: it saves and loads like any encoder

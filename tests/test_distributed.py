@@ -88,7 +88,7 @@ def test_torchrun_steals_with_two_processes_and_buys_each_image_once(tmp_path):
                           capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "run"
-    assert done.stdout.count("digits") == 1  # rank 0 reports, once
+    assert done.stdout.count("stolenencoder with 48 queries") == 1  # rank 0 reports, once
     stolen = json.loads((run / "stolen.json").read_text())
     assert stolen["processes"] == 2 and stolen["queries"] == stolen["queries_this_run"] == 48
     with sqlite3.connect(run / "queries.sqlite") as db:

@@ -288,6 +288,11 @@ class Config(Section):
     seed: int = 0
     device: str = "auto"
     """auto, cpu, cuda, cuda:N or mps."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Training arithmetic: bf16 runs the trained encoders' forward passes under autocast (GPUs with bf16;
+    on a CPU it is usually slower). Losses and probes stay in fp32."""
+    compile: bool = False
+    """torch.compile the encoders being trained: a minute or more of compiling first, faster steps on a GPU."""
     run_dir: Path | None = None
     """Default: runs/<name>."""
     data: DataConfig = DataConfig()

@@ -110,6 +110,8 @@ def wrap(module: nn.Module, dist: Dist, device: torch.device) -> nn.Module:
 
 
 def unwrap(module: nn.Module) -> nn.Module:
+    """The trained module itself, out of torch.compile's and DDP's wrappers."""
+    module = getattr(module, "_orig_mod", module)  # torch.compile
     return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
 
 

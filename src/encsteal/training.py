@@ -68,6 +68,17 @@ class TrainContext:
     progress: bool = True
     dist: Dist = SINGLE
     """This process's rank among torchrun's processes (encsteal.distributed); rank 0 alone saves the state."""
+    precision: str = "fp32"
+    """fp32, or bf16: forward passes under autocast (see `autocast`)."""
+    compile: bool = False
+    """torch.compile the trained module (see `compiled`)."""
+
+    def autocast(self):
+        """The context for a trained encoder's forward pass; the loss is then computed in fp32."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+    def compiled(self, module: nn.Module) -> nn.Module:
+        return torch.compile(module) if self.compile else module
 
 
 def to_float_batch(images: torch.Tensor, device: torch.device) -> torch.Tensor:

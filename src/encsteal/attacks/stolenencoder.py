@@ -72,7 +72,7 @@ def _train(
     n = len(surrogate)
     steps = steps_per_epoch(n, config.batch_size)
     check_batch(config.batch_size, n, dist, "attack.batch_size")
-    model = wrap(stolen, dist, device)
+    model = ctx.compiled(wrap(stolen, dist, device))
 
     model.train()
     with progress_bar(config.epochs - first_epoch, f"stealing ({config.arch})", enabled=ctx.progress) as advance:
@@ -93,11 +93,13 @@ def _train(
                 y = labels[index].to(device) if labels is not None else None
                 # One forward pass over the clean batch and all its views: one graph, k + 1 times the batch
                 # (under torchrun, this rank's slice of each, gathered back into the whole batch).
-                if dist.active:
+                with ctx.autocast():
                     part = model(channels_last(torch.cat([shard(t, dist) for t in (x, *augmented)])))
+                part = part.float()
+                if dist.active:
                     out = _prepare(torch.cat([gather(p, dist) for p in part.tensor_split(1 + views)]), config)
                 else:
-                    out = _prepare(model(channels_last(torch.cat([x, *augmented]))), config)
+                    out = _prepare(part, config)
                 loss = config.clean_weight * loss_fn(v, out[:batch], y) if config.clean_weight else 0.0
                 for j in range(views):
                     v_j = v_views[j] if query_target is not None else v

@@ -89,6 +89,8 @@ class Run:
             log=MetricsLog(self.dir / "metrics.jsonl" if self.dist.main else None),
             progress=self.progress,
             dist=dist,
+            precision=self.config.precision,
+            compile=self.config.compile,
         )
 
     def data_kwargs(self) -> dict:

@@ -46,6 +46,8 @@ def pretrain_moco(images: torch.Tensor, config: PretrainConfig, ctx: TrainContex
     """Pre-train config.arch on uint8 images N x 3 x H x W with MoCo v2; returns the query encoder in eval mode."""
     if ctx.dist.active:  # the queue and the momentum encoder would need their own exchange between ranks
         raise ConfigError("MoCo pre-training runs in one process; use pretrain.method=simclr under torchrun")
+    if ctx.precision != "fp32" or ctx.compile:
+        raise ConfigError("MoCo pre-training runs in fp32 without torch.compile; set precision=fp32 compile=false")
     device = ctx.device
     torch.manual_seed(ctx.seed)
     encoder = build_encoder(config.arch, config.stem).to(device).to(memory_format=torch.channels_last)

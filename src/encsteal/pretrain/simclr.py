@@ -45,7 +45,7 @@ def pretrain_simclr(images: torch.Tensor, config: PretrainConfig, ctx: TrainCont
     n = len(images)
     steps = steps_per_epoch(n, config.batch_size)
     check_batch(config.batch_size, n, dist, "pretrain.batch_size")
-    model = wrap(nn.Sequential(encoder, head), dist, device)
+    model = ctx.compiled(wrap(nn.Sequential(encoder, head), dist, device))
 
     model.train()
     with progress_bar(config.epochs - first_epoch, f"pre-training {config.arch} (SimCLR)", enabled=ctx.progress) as advance:
@@ -55,11 +55,10 @@ def pretrain_simclr(images: torch.Tensor, config: PretrainConfig, ctx: TrainCont
             for index in minibatches(n, config.batch_size, generator):
                 x = to_float_batch(images[index], device)
                 first_view, second_view = augment(x), augment(x)
-                if dist.active:  # this rank's slice of both views; NT-Xent on the gathered whole batch
+                # this rank's slice of both views (all of them in one process); NT-Xent on the whole batch
+                with ctx.autocast():
                     part = model(channels_last(torch.cat([shard(first_view, dist), shard(second_view, dist)])))
-                    first, second = (gather(p, dist) for p in part.chunk(2))
-                else:
-                    first, second = model(channels_last(torch.cat([first_view, second_view]))).chunk(2)
+                first, second = (gather(p, dist) for p in part.float().chunk(2))
                 loss = nt_xent(first, second, config.temperature)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -71,4 +70,4 @@ def pretrain_simclr(images: torch.Tensor, config: PretrainConfig, ctx: TrainCont
                      "images_per_s": 2 * steps * config.batch_size / seconds if seconds else None})
             advance(1, status=f"loss {total_loss / max(steps, 1):.4f}")
     state.finish(dist.main)
-    return unwrap(model)[0].eval()
+    return encoder.eval()
