@@ -14,7 +14,7 @@ from torch import nn
 
 from encsteal.augment import build_augmentation
 from encsteal.config import PretrainConfig
-from encsteal.distributed import check_batch, gather, shard, unwrap, wrap
+from encsteal.distributed import check_batch, gather, shard, wrap
 from encsteal.losses import nt_xent
 from encsteal.models import Encoder, build_encoder
 from encsteal.models.heads import ProjectionHead
