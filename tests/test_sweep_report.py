@@ -87,9 +87,10 @@ def test_report_command_rereads_the_store_and_says_when_there_is_nothing(rows, t
         with store.db:
             store.db.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, 1.0, 0.0)",
                              (row["id"], row["status"], row["config"], row["results"], row["error"]))
-    result = CliRunner().invoke(app, ["report", str(spec), "--x", "attack.lam"])
+    result = CliRunner().invoke(app, ["report", str(spec), "--x", "attack.lam", "--out", str(tmp_path / "docs")])
     assert result.exit_code == 0, result.output
-    assert "against attack.lam, one line per attack.loss" in (tmp_path / "runs" / "report.md").read_text()
+    text = (tmp_path / "docs" / "report.md").read_text()
+    assert "against attack.lam, one line per attack.loss" in text and "the runs took 0.1 min in all" in text
 
 
 def test_run_report_table_has_as_many_cells_as_columns():

@@ -265,13 +265,14 @@ def report(
     grid: Annotated[Path, typer.Argument(help="A sweep file whose runs have (partly) finished.")],
     x: Annotated[Optional[str], typer.Option(help="The plots' x axis: queries or a dotted config key.")] = None,
     series: Annotated[Optional[str], typer.Option(help="A dotted config key: one line per value.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Where to write (default: the sweep's runs directory).")] = None,
 ) -> None:
     """Write a sweep's report.md, results.csv and plot from what its runs have stored so far."""
     from encsteal.experiments.sweep import report_sweep, stored_rows
 
     def write() -> Path:
         spec, rows = stored_rows(grid)
-        return report_sweep(grid, spec, rows, x=x, series=series)
+        return report_sweep(grid, spec, rows, x=x, series=series, out_dir=out)
 
     console.print(f"report: {_guard(write)}")
 

@@ -237,12 +237,14 @@ def run_sweep(path: Path, *, progress: bool = True, echo=print, executor=None) -
     return rows
 
 
-def report_sweep(path: Path, spec: SweepSpec, rows: list[dict], x: str | None = None, series: str | None = None) -> Path:
-    """Write the sweep's report.md, results.csv and plot into its runs directory."""
+def report_sweep(path: Path, spec: SweepSpec, rows: list[dict], x: str | None = None, series: str | None = None,
+                 out_dir: Path | None = None) -> Path:
+    """Write the sweep's report.md, results.csv and plot into out_dir (default: its runs directory)."""
     from encsteal.experiments.sweep_report import write_sweep_report
 
-    return write_sweep_report(rows, spec.runs_dir_for(path), title=f"sweep {path.name}", grid_keys=list(spec.grid),
-                              x=x or spec.report.x, series=series or spec.report.series, paper=spec.paper)
+    return write_sweep_report(rows, out_dir or spec.runs_dir_for(path), title=f"sweep {path.name}",
+                              grid_keys=list(spec.grid), x=x or spec.report.x, series=series or spec.report.series,
+                              paper=spec.paper, wall_seconds=sum(row["seconds"] or 0 for row in rows))
 
 
 def stored_rows(path: Path) -> tuple[SweepSpec, list[dict]]:

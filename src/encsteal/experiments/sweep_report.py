@@ -59,7 +59,8 @@ def records(rows: list[dict]) -> list[dict]:
                         "G_meaningful": r.get("gain_meaningful", True),
                         **{k: fidelity.get(k) for k in ("cosine", "l2", "cka", "knn_agree")},
                         "queries": results["queries"], "cost": results.get("cost"),
-                        "steal_seconds": results.get("steal_seconds"), "config": config})
+                        "steal_seconds": results.get("steal_seconds"), "device": results.get("device"),
+                        "config": config})
     return out
 
 
@@ -175,6 +176,19 @@ def plot_bars(recs: list[dict], path: Path) -> Path:
     return path
 
 
+def _provenance(recs: list[dict], wall_seconds: float | None) -> list[str]:
+    """Where and how long: the machine, and the runs' summed wall time (shared targets' pre-training included)."""
+    import os
+    import platform
+
+    import torch
+
+    devices = sorted({rec["device"] for rec in recs if rec.get("device")}) or ["–"]
+    took = "" if wall_seconds is None else f"; the runs took {wall_seconds / 60:.1f} min in all"
+    return [f"Runs on device {', '.join(devices)}{took}. Report written on {platform.machine()} with "
+            f"{os.cpu_count()} logical CPUs, torch {torch.__version__}.", ""]
+
+
 def default_axes(grid_keys: list[str], recs: list[dict], x: str | None = None,
                  series: str | None = None) -> tuple[str | None, str | None]:
     """x (unless given): the first grid key with numbers for values, `queries` for surrogate.size (a surrogate
@@ -212,7 +226,8 @@ def paper_table(recs: list[dict], paper: dict) -> str:
 
 
 def write_sweep_report(rows: list[dict], out_dir: Path, *, title: str, grid_keys: list[str],
-                       x: str | None = None, series: str | None = None, paper: dict | None = None) -> Path:
+                       x: str | None = None, series: str | None = None, paper: dict | None = None,
+                       wall_seconds: float | None = None) -> Path:
     """report.md, results.csv and a plot in out_dir; returns report.md's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     recs = records(rows)
@@ -222,7 +237,7 @@ def write_sweep_report(rows: list[dict], out_dir: Path, *, title: str, grid_keys
             setting(recs[0]["config"], key)  # an unknown key: one clear error before any file is written
     extra = [k for k in dict.fromkeys([*grid_keys, *(k for k in (x, series) if k)]) if k not in ("queries", "case")]
     write_csv(recs, out_dir / "results.csv", extra)
-    lines = [f"# {title}", "", markdown_table(rows), ""]
+    lines = [f"# {title}", "", *_provenance(recs, wall_seconds), markdown_table(rows), ""]
     if paper:
         lines += ["## Beside the paper", "", paper_table(recs, paper), "",
                   "Published figures as the paper prints them; a run not finished yet shows –. Where our task differs "
