@@ -322,9 +322,10 @@ def evaluate(run: Run) -> dict:
     if not run.stolen_path.exists():
         raise RunDirError(f"no stolen encoder at {run.stolen_path}: run `encsteal steal` first")
     stolen, stolen_meta = load_encoder(run.stolen_path, run.device)
+    random_seeds = [config.seed + 2 + 1000 * index for index in range(config.evaluate.random_inits)]
     random_inits = []
-    for index in range(config.evaluate.random_inits):
-        torch.manual_seed(config.seed + 2 + 1000 * index)
+    for seed in random_seeds:
+        torch.manual_seed(seed)
         random_inits.append(build_encoder(config.attack.arch, config.attack.stem, out_dim=stolen.feature_dim).eval())
     size, batch = config.data.image_size, config.evaluate.batch_size
     encoders = {
@@ -335,8 +336,8 @@ def evaluate(run: Run) -> dict:
     }
     # what determines each encoder's features, for the probe cache (the stolen encoder is new in every run)
     identities = {f"random-{index}": f"random:{config.attack.arch}:{config.attack.stem}:{stolen.feature_dim}:"
-                                     f"{config.seed + 2 + 1000 * index}:torch-{torch.__version__}"
-                  for index in range(config.evaluate.random_inits)}
+                                     f"{seed}:torch-{torch.__version__}"
+                  for index, seed in enumerate(random_seeds)}
     if target is not None:
         identities["target"] = f"target:{file_digest(run.target_path)}:{describe(config.target.defenses)}"
     probe_cache = ProbeCache(config.evaluate.probe_cache) if config.evaluate.probe_cache is not None else None

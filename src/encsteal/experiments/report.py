@@ -56,21 +56,26 @@ def _loss_curves(metrics_path: Path) -> dict[str, list[tuple[int, float]]]:
     return curves
 
 
+def accuracy_bars(axis, names: list[str], rows: list[dict | None]) -> None:
+    """Groups of three bars — R, SA, TA (%) — one group per name; a missing row or value draws no bar height."""
+    width = 0.27
+    for offset, (key, label) in enumerate([("R", "random-init (R)"), ("SA", "stolen (SA)"), ("TA", "target (TA)")]):
+        values = [100 * ((row or {}).get(key) or 0) for row in rows]
+        axis.bar([i + (offset - 1) * width for i in range(len(names))], values, width, label=label)
+    shown = [100 * row[k] for row in rows if row for k in ("R", "SA", "TA") if row.get(k) is not None]
+    low = max(0.0, min(shown, default=0) - 10)
+    axis.set_ylim(low, 100 + 0.25 * (100 - low))  # headroom for the legend
+    axis.legend(loc="upper center", ncol=3, fontsize=7, frameon=False)
+
+
 def plot_summary(results: dict, run_dir: Path) -> Path:
     curves = _loss_curves(run_dir / "metrics.jsonl")
     fig, axes = plt.subplots(1, 1 + len(curves), figsize=(5 + 4 * len(curves), 3.8))
     axes = list(axes) if len(curves) else [axes]
     tasks = list(results["downstream"])
-    width = 0.27
-    for offset, (key, label) in enumerate([("R", "random-init (R)"), ("SA", "stolen (SA)"), ("TA", "target (TA)")]):
-        values = [100 * (results["downstream"][t][key] or 0) for t in tasks]
-        axes[0].bar([i + (offset - 1) * width for i in range(len(tasks))], values, width, label=label)
+    accuracy_bars(axes[0], tasks, [results["downstream"][t] for t in tasks])
     axes[0].set_xticks(range(len(tasks)), tasks)
     axes[0].set_ylabel("downstream accuracy (%)")
-    low = min((100 * results["downstream"][t][k] for t in tasks for k in ("R", "SA", "TA")
-               if results["downstream"][t][k] is not None), default=0)
-    axes[0].set_ylim(max(0, low - 10), 106)
-    axes[0].legend(loc="upper center", ncol=3, fontsize=7, frameon=False)
     axes[0].set_title(f"{results['queries']} queries")
     for axis, (stage, points) in zip(axes[1:], curves.items()):
         axis.plot([e for e, _ in points], [loss for _, loss in points])

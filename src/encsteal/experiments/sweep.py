@@ -203,8 +203,8 @@ def execute(run_id: str, config: Config, progress: bool) -> Outcome:
     return Outcome(run_id, "done", results, None, time.perf_counter() - started)
 
 
-def pending(path: Path, echo=print) -> tuple[SweepSpec, Path, ResultStore, list[PlannedRun]]:
-    """The sweep's spec, runs directory, store, and the runs still to do (with shared targets and caches)."""
+def pending(path: Path, echo=print) -> tuple[SweepSpec, ResultStore, list[PlannedRun]]:
+    """The sweep's spec, store, and the runs still to do (with shared targets and caches)."""
     spec = read_spec(path)
     runs_dir = spec.runs_dir_for(path)
     planned = plan(spec, runs_dir)
@@ -215,13 +215,13 @@ def pending(path: Path, echo=print) -> tuple[SweepSpec, Path, ResultStore, list[
             echo(f"[{index}/{len(planned)}] {run.id}: done before, skipped")
         else:
             todo.append(PlannedRun(run.id, share(run.config, runs_dir, spec.share_queries)))
-    return spec, runs_dir, store, todo
+    return spec, store, todo
 
 
 def run_sweep(path: Path, *, progress: bool = True, echo=print, executor=None) -> list[dict]:
     """Run every unfinished run of the sweep, here one after another, or as jobs of `executor`
     (encsteal.experiments.dispatch); returns the store's rows."""
-    spec, runs_dir, store, todo = pending(path, echo)
+    spec, store, todo = pending(path, echo)
     if executor is None:
         for index, run in enumerate(todo, 1):
             echo(f"[{index}/{len(todo)}] {run.id}")

@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from encsteal.config import ConfigError  # noqa: E402
 from encsteal.evaluate import MIN_MEANINGFUL_GAIN  # noqa: E402
+from encsteal.experiments.report import accuracy_bars  # noqa: E402
 
 COLUMNS = ("run", "task", "TA", "SA", "R", "R_std", "SA_over_TA", "G", "cosine", "l2", "cka", "knn_agree",
            "queries", "cost", "steal_seconds")
@@ -86,15 +87,15 @@ def markdown_table(rows: list[dict]) -> str:
     """One line per run and task; failed runs with their error."""
     lines = ["| run | task | TA (%) | SA (%) | R (%) | SA/TA | G | CKA | queries | cost |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    done = {(rec["run"], rec["task"]): rec for rec in records(rows)}
+    by_run: dict[str, list[dict]] = {}
+    for rec in records(rows):
+        by_run.setdefault(rec["run"], []).append(rec)
     for row in rows:
         if row["status"] != "done":
             lines.append(f"| {row['id']} | failed: {row['error']} | | | | | | | | |")
             continue
-        for (run, _), rec in done.items():
-            if run != row["id"]:
-                continue
-            lines.append(f"| {run} | {rec['task']} | {_pct(rec['TA'])} | {_pct(rec['SA'])} | {_pct(rec['R'])} | "
+        for rec in by_run[row["id"]]:
+            lines.append(f"| {rec['run']} | {rec['task']} | {_pct(rec['TA'])} | {_pct(rec['SA'])} | {_pct(rec['R'])} | "
                          f"{_num(rec['SA_over_TA'], 3)} | {_num(rec['G'], 2)}{'' if rec['G_meaningful'] else ' ⚠'} | "
                          f"{_num(rec['cka'], 3)} | "
                          f"{rec['queries']} | {_num(rec['cost'], 4)} |")
@@ -126,6 +127,7 @@ def plot_curves(recs: list[dict], x: str, series: str | None, path: Path) -> Pat
     groups: dict[str, list[dict]] = {}
     for rec in recs:
         groups.setdefault(_series_value(rec, series), []).append(rec)
+    log_x = _spread(recs, x) >= 10  # budgets and sizes span decades
     for col, task in enumerate(tasks):
         for row, (metric, title) in enumerate(CURVES):
             axis = axes[row][col]
@@ -137,7 +139,7 @@ def plot_curves(recs: list[dict], x: str, series: str | None, path: Path) -> Pat
                 axis.axhline(1.0, color="grey", lw=0.8, ls=":")
             axis.set_title(f"{task}: {title}", fontsize=9)
             axis.set_xlabel("queries" if x == "queries" else x)
-            if _spread(recs, x) >= 10:  # budgets and sizes span decades
+            if log_x:
                 axis.set_xscale("log")
     if series and len(groups) > 1:
         axes[0][0].legend(fontsize=7, title=series, title_fontsize=7)
@@ -158,18 +160,11 @@ def plot_bars(recs: list[dict], path: Path) -> Path:
     tasks = list(dict.fromkeys(rec["task"] for rec in recs))
     runs = list(dict.fromkeys(rec["run"] for rec in recs))
     fig, axes = plt.subplots(len(tasks), 1, figsize=(max(6.0, 0.9 * len(runs) + 2), 3.2 * len(tasks)), squeeze=False)
-    width = 0.27
     for axis, task in zip(axes[:, 0], tasks):
         by_run = {rec["run"]: rec for rec in recs if rec["task"] == task}
-        for offset, (key, label) in enumerate([("R", "random-init (R)"), ("SA", "stolen (SA)"), ("TA", "target (TA)")]):
-            values = [100 * (by_run[r][key] or 0) if r in by_run else 0 for r in runs]
-            axis.bar([i + (offset - 1) * width for i in range(len(runs))], values, width, label=label)
-        shown = [100 * by_run[r][k] for r in by_run for k in ("R", "SA", "TA") if by_run[r][k] is not None]
-        low = max(0.0, min(shown, default=0) - 10)
-        axis.set_ylim(low, 100 + 0.25 * (100 - low))  # headroom for the legend
+        accuracy_bars(axis, runs, [by_run.get(r) for r in runs])
         axis.set_xticks(range(len(runs)), runs, rotation=30, ha="right", fontsize=8)
         axis.set_ylabel(f"{task} accuracy (%)")
-        axis.legend(loc="upper center", ncol=3, fontsize=7, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
