@@ -74,7 +74,7 @@ def plot_summary(results: dict, run_dir: Path) -> Path:
     axes = list(axes) if len(curves) else [axes]
     tasks = list(results["downstream"])
     accuracy_bars(axes[0], tasks, [results["downstream"][t] for t in tasks])
-    axes[0].set_xticks(range(len(tasks)), tasks)
+    axes[0].set_xticks(range(len(tasks)), tasks, rotation=20, ha="right", fontsize=8)
     axes[0].set_ylabel("downstream accuracy (%)")
     axes[0].set_title(f"{results['queries']} queries")
     for axis, (stage, points) in zip(axes[1:], curves.items()):
