@@ -30,6 +30,14 @@ def test_plan_crosses_cases_with_the_grid_and_checks_every_config(tmp_path):
         plan(read_spec(bad), tmp_path / "runs")
 
 
+@pytest.mark.parametrize("field, figures", [("paper", {"c": {"digits": {"SA": 70.0}}}),
+                                            ("paper_hours", {"c": {"pretrain": 12.5, "steal": 0.12}})])
+def test_published_figures_must_name_a_run_of_the_sweep(tmp_path, field, figures):
+    path = write_sweep(tmp_path, cases={"a": {}}, **{field: figures})
+    with pytest.raises(ConfigError, match=f"{field}: no run of the sweep is called c"):
+        plan(read_spec(path), tmp_path / "runs")
+
+
 def test_sweep_shares_target_and_queries_records_failures_and_resumes(tmp_path, one_thread):
     path = write_sweep(tmp_path, cases={"small": {"surrogate.size": 16}, "large": {"surrogate.size": 32},
                                         "needs-labels": {"attack.loss": "supcon"}})

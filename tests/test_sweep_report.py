@@ -26,7 +26,7 @@ def stored_row(run_id, loss, size, sa):
                                         surrogate={"scenario": "different-distribution", "dataset": "natural-crops",
                                                    "size": size}))
     results = {"downstream": {"digits": task_result(0.9, sa, 0.5), "fashion-mnist": task_result(0.8, sa - 0.1, 0.6)},
-               "queries": size, "cost": None, "steal_seconds": 1.0}
+               "queries": size, "cost": None, "pretrain_seconds": 720.0, "steal_seconds": 36.0}
     return {"id": run_id, "status": "done", "config": yaml.safe_dump(config.model_dump(mode="json")),
             "results": json.dumps(results), "error": None}
 
@@ -104,3 +104,13 @@ def test_published_figures_sit_beside_ours(rows, tmp_path):
     text = write_sweep_report(rows, tmp_path, title="paper", grid_keys=[], paper=paper).read_text()
     assert "| l2__size=1000 | digits | 91.00 | 79.00 | digits | 90.00 | 90.00 |" in text
     assert "| mse__size=100 | gtsrb | – | 70.00 | digits | 90.00 | 71.00 |" in text  # a task we do not have
+
+
+def test_published_hours_sit_beside_ours_in_a_compute_table(rows, tmp_path):
+    paper_hours = {"l2__size=100": {"pretrain": 12.5, "steal": 0.125}}
+    text = write_sweep_report(rows, tmp_path, title="compute", grid_keys=[], paper_hours=paper_hours).read_text()
+    assert "| l2__size=100 | 0.200 | 0.010 | 20× | 12.50 | 0.12 | 100× |" in text
+    assert "| mse__size=1000 | 0.200 | 0.010 | 20× | – | – | – |" in text
+    assert "## Compute" not in write_sweep_report(rows, tmp_path, title="no hours", grid_keys=[]).read_text()
+    with open(tmp_path / "results.csv") as handle:
+        assert {row["pretrain_seconds"] for row in csv.DictReader(handle)} == {"720.0"}

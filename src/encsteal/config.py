@@ -80,7 +80,7 @@ class PretrainConfig(Section):
     limit: int | None = Field(None, ge=1)
     """Use this many images of the split (a seeded random subset) instead of all of them."""
     arch: str = "resnet18"
-    stem: Literal["cifar", "imagenet"] = "cifar"
+    stem: Literal["cifar", "half", "imagenet"] = "cifar"
     epochs: int = Field(1000, ge=0)
     batch_size: int = Field(256, ge=2)
     lr: float = Field(1e-3, gt=0)
@@ -193,7 +193,7 @@ class AttackConfig(Section):
 
     name: str = "stolenencoder"
     arch: str = "resnet34"
-    stem: Literal["cifar", "imagenet"] = "cifar"
+    stem: Literal["cifar", "half", "imagenet"] = "cifar"
     loss: str = "l2"
     """d in L = L1 + λ·L2: a distance (l2, l1, cosine) or any stealing loss (mse, infonce, nt-xent, soft-nn,
     supcon, wasserstein, barlow; see encsteal.losses)."""

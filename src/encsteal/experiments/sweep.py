@@ -57,6 +57,9 @@ class SweepSpec(BaseModel):
     paper: dict[str, dict[str, dict[Literal["TA", "SA"], float]]] = Field(default_factory=lambda: {})
     """Published figures (%) where the sweep mirrors a paper's table: run id -> task -> {TA, SA}; the report
     puts them beside ours."""
+    paper_hours: dict[str, dict[Literal["pretrain", "steal"], float]] = Field(default_factory=lambda: {})
+    """Published training times (hours) where the sweep mirrors a compute table (StolenEncoder Table III):
+    run id -> {pretrain, steal}; the report's compute table puts them beside ours."""
 
     def runs_dir_for(self, path: Path) -> Path:
         return self.runs_dir or Path("runs") / "sweeps" / path.stem
@@ -108,9 +111,10 @@ def plan(spec: SweepSpec, runs_dir: Path) -> list[PlannedRun]:
             runs.append(PlannedRun(run_id, config))
     if len({run.id for run in runs}) != len(runs):
         raise ConfigError("two runs of the sweep get the same id; give the cases distinct names")
-    unknown = sorted(set(spec.paper) - {run.id for run in runs})
-    if unknown:
-        raise ConfigError(f"paper: no run of the sweep is called {', '.join(unknown)}")
+    for field in ("paper", "paper_hours"):
+        unknown = sorted(set(getattr(spec, field)) - {run.id for run in runs})
+        if unknown:
+            raise ConfigError(f"{field}: no run of the sweep is called {', '.join(unknown)}")
     return runs
 
 
@@ -244,7 +248,8 @@ def report_sweep(path: Path, spec: SweepSpec, rows: list[dict], x: str | None = 
 
     return write_sweep_report(rows, out_dir or spec.runs_dir_for(path), title=f"sweep {path.name}",
                               grid_keys=list(spec.grid), x=x or spec.report.x, series=series or spec.report.series,
-                              paper=spec.paper, wall_seconds=sum(row["seconds"] or 0 for row in rows))
+                              paper=spec.paper, paper_hours=spec.paper_hours,
+                              wall_seconds=sum(row["seconds"] or 0 for row in rows))
 
 
 def stored_rows(path: Path) -> tuple[SweepSpec, list[dict]]:

@@ -25,7 +25,7 @@ from encsteal.evaluate import MIN_MEANINGFUL_GAIN  # noqa: E402
 from encsteal.experiments.report import accuracy_bars  # noqa: E402
 
 COLUMNS = ("run", "task", "TA", "SA", "R", "R_std", "SA_over_TA", "G", "cosine", "l2", "cka", "knn_agree",
-           "queries", "cost", "steal_seconds")
+           "queries", "cost", "pretrain_seconds", "steal_seconds")
 CURVES = (("SA_over_TA", "SA/TA"), ("G", "captured gain G"), ("cka", "linear CKA (target vs stolen)"))
 
 
@@ -60,6 +60,7 @@ def records(rows: list[dict]) -> list[dict]:
                         "G_meaningful": r.get("gain_meaningful", True),
                         **{k: fidelity.get(k) for k in ("cosine", "l2", "cka", "knn_agree")},
                         "queries": results["queries"], "cost": results.get("cost"),
+                        "pretrain_seconds": results.get("pretrain_seconds"),
                         "steal_seconds": results.get("steal_seconds"), "device": results.get("device"),
                         "config": config})
     return out
@@ -220,9 +221,28 @@ def paper_table(recs: list[dict], paper: dict) -> str:
     return "\n".join(lines)
 
 
+def _hours(seconds) -> str:
+    return "–" if seconds is None else f"{seconds / 3600:.3f}"
+
+
+def compute_table(recs: list[dict], paper_hours: dict) -> str:
+    """Per run: the target's pre-training time and the steal's training time (hours) and their ratio, with the
+    paper's hours beside ours where given (StolenEncoder Table III)."""
+    lines = ["| run | pre-training (h) | stealing (h) | pre-training / stealing | paper: pre-training (h) | "
+             "paper: stealing (h) | paper: ratio |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for rec in {rec["run"]: rec for rec in recs}.values():
+        pre, steal = rec["pretrain_seconds"], rec["steal_seconds"]
+        published = paper_hours.get(rec["run"], {})
+        p_pre, p_steal = published.get("pretrain"), published.get("steal")
+        lines.append(f"| {rec['run']} | {_hours(pre)} | {_hours(steal)} | "
+                     f"{f'{pre / steal:.0f}×' if pre and steal else '–'} | {_num(p_pre, 2)} | {_num(p_steal, 2)} | "
+                     f"{f'{p_pre / p_steal:.0f}×' if p_pre and p_steal else '–'} |")
+    return "\n".join(lines)
+
+
 def write_sweep_report(rows: list[dict], out_dir: Path, *, title: str, grid_keys: list[str],
                        x: str | None = None, series: str | None = None, paper: dict | None = None,
-                       wall_seconds: float | None = None) -> Path:
+                       paper_hours: dict | None = None, wall_seconds: float | None = None) -> Path:
     """report.md, results.csv and a plot in out_dir; returns report.md's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     recs = records(rows)
@@ -237,6 +257,10 @@ def write_sweep_report(rows: list[dict], out_dir: Path, *, title: str, grid_keys
         lines += ["## Beside the paper", "", paper_table(recs, paper), "",
                   "Published figures as the paper prints them; a run not finished yet shows –. Where our task differs "
                   "from the paper's, compare how the figures move across rows, not the figures.", ""]
+    if paper_hours:
+        lines += ["## Compute", "", compute_table(recs, paper_hours), "",
+                  "Pre-training: the target's wall time (shared by the runs that attack it); stealing: the copy's "
+                  "training, queries included. The paper's hours are on one Quadro RTX 6000.", ""]
     if recs:
         if x is not None:
             plot = plot_curves(recs, x, series, out_dir / "curves.png")

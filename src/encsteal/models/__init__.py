@@ -6,21 +6,24 @@ fast encoder for CPU demos.
 
 Stems (``STEMS``), per architecture:
 
-=====================  ======================================  ==========================================
-architecture           ``imagenet``                            ``cifar`` (small-image stem, 32x32 inputs)
-=====================  ======================================  ==========================================
-resnet18/34/50         torchvision unchanged                   first conv 3x3 stride 1, no max-pool
-densenet121            torchvision unchanged                   conv0 3x3 stride 1, no pool0
-mobilenet_v2           torchvision unchanged                   first conv stride 1
-shufflenet_v2_x1_0     torchvision unchanged                   first conv stride 1, no max-pool
-vgg19, vgg19_bn        torchvision unchanged                   **the same network**: VGG has no stem to
-                                                               adapt (3x3 convs from the start; five pools
-                                                               take 32x32 to 1x1); the stem is recorded
-small_cnn              stride 2 in the first conv              full resolution in the first block
-=====================  ======================================  ==========================================
+==================  =======================  =============================  ================================
+architecture        ``imagenet``             ``half``                       ``cifar`` (32x32 inputs)
+==================  =======================  =============================  ================================
+resnet18/34/50      torchvision unchanged    first conv 3x3 stride 2,       first conv 3x3 stride 1,
+                                             no max-pool                    no max-pool
+densenet121         torchvision unchanged    conv0 3x3 stride 2, no pool0   conv0 3x3 stride 1, no pool0
+mobilenet_v2        torchvision unchanged    torchvision unchanged          first conv stride 1
+shufflenet_v2_x1_0  torchvision unchanged    no max-pool                    first conv stride 1, no max-pool
+vgg19, vgg19_bn     torchvision unchanged    the same network               the same network
+small_cnn           stride 2, first conv     stride 2, first conv           stride 1 throughout
+==================  =======================  =============================  ================================
 
-The ``cifar`` stem is the StolenEncoder paper's choice for 32x32 inputs; it costs several times the compute
-of the ``imagenet`` stem on a CPU. The attacker's architecture is chosen independently of the target's; a
+The stem decides the resolution the network's first block sees: a quarter of the input (``imagenet``: 8x8 at
+32x32, which leaves ResNet18's last block 1x1), a half (``half``) or all of it (``cifar``). The ``cifar`` stem
+is the StolenEncoder paper's choice for 32x32 inputs; for ResNet18 at 32x32 it costs 4x the FLOPs of ``half``
+and 15x those of ``imagenet``. Where torchvision's stem already halves (mobilenet_v2), or the network
+has no stem to adapt (VGG19: 3x3 convs from the start, five pools take 32x32 to 1x1), a stem may be the same
+network as another; the stem is still recorded. The attacker's architecture is chosen independently of the target's; a
 final linear layer (``out_dim``) maps the copy's width to the target's when they differ.
 """
 
@@ -35,14 +38,14 @@ from torchvision.models import vgg as tv_vgg
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-STEMS = ("cifar", "imagenet")
+STEMS = ("cifar", "half", "imagenet")
 
 Builder = Callable[[str], tuple[nn.Module, int]]
 
 
-def _stem_conv(out_channels: int) -> nn.Conv2d:
-    """3x3 stride-1 first convolution, initialised as torchvision initialises its convolutions."""
-    conv = nn.Conv2d(3, out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+def _stem_conv(out_channels: int, stride: int = 1) -> nn.Conv2d:
+    """3x3 first convolution, initialised as torchvision initialises its convolutions."""
+    conv = nn.Conv2d(3, out_channels, kernel_size=3, stride=stride, padding=1, bias=False)
     nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
     return conv
 
@@ -54,8 +57,8 @@ def _pooled(features: nn.Module, *tail: nn.Module) -> nn.Sequential:
 def _resnet(factory: Callable[..., tv.ResNet], width: int) -> Builder:
     def build(stem: str) -> tuple[nn.Module, int]:
         model = factory(weights=None)
-        if stem == "cifar":
-            model.conv1, model.maxpool = _stem_conv(64), nn.Identity()
+        if stem in ("cifar", "half"):
+            model.conv1, model.maxpool = _stem_conv(64, stride=1 if stem == "cifar" else 2), nn.Identity()
         model.fc = nn.Identity()  # torchvision's forward already pools and flattens
         return model, width
 
@@ -64,7 +67,7 @@ def _resnet(factory: Callable[..., tv.ResNet], width: int) -> Builder:
 
 def _vgg(batch_norm: bool) -> Builder:
     def build(stem: str) -> tuple[nn.Module, int]:
-        # Same network for both stems (see the module docstring). Only torchvision's VGG19 feature layers are
+        # Same network for every stem (see the module docstring). Only torchvision's VGG19 feature layers are
         # built: its classifier (120M parameters, dropped for global average pooling) costs a second to make.
         features = tv_vgg.make_layers(tv_vgg.cfgs["E"], batch_norm=batch_norm)
         for module in features.modules():  # torchvision's VGG initialisation
@@ -78,8 +81,9 @@ def _vgg(batch_norm: bool) -> Builder:
 
 def _densenet121(stem: str) -> tuple[nn.Module, int]:
     model = tv.densenet121(weights=None)
-    if stem == "cifar":
-        model.features.conv0, model.features.pool0 = _stem_conv(64), nn.Identity()
+    if stem in ("cifar", "half"):
+        model.features.conv0 = _stem_conv(64, stride=1 if stem == "cifar" else 2)
+        model.features.pool0 = nn.Identity()
     return _pooled(model.features, nn.ReLU(inplace=True)), 1024  # torchvision applies ReLU after norm5
 
 
@@ -92,19 +96,21 @@ def _mobilenet_v2(stem: str) -> tuple[nn.Module, int]:
 
 def _shufflenet_v2_x1_0(stem: str) -> tuple[nn.Module, int]:
     model = tv.shufflenet_v2_x1_0(weights=None)
+    if stem in ("cifar", "half"):
+        model.maxpool = nn.Identity()
     if stem == "cifar":
-        model.conv1[0].stride, model.maxpool = (1, 1), nn.Identity()
+        model.conv1[0].stride = (1, 1)
     model.fc = nn.Identity()  # torchvision's forward already averages over space
     return model, 1024
 
 
 def _small_cnn(stem: str) -> tuple[nn.Module, int]:
     """Four conv3x3-BN-ReLU blocks (32, 64, 128, 256 channels), max-pool 2 after the first three, global
-    average pool: a fast encoder for CPU demos. The imagenet stem uses stride 2 in the first conv."""
+    average pool: a fast encoder for CPU demos. The imagenet and half stems use stride 2 in the first conv."""
     widths = [3, 32, 64, 128, 256]
     layers: list[nn.Module] = []
     for block in range(4):
-        stride = 2 if (block == 0 and stem == "imagenet") else 1
+        stride = 2 if (block == 0 and stem != "cifar") else 1
         layers += [
             nn.Conv2d(widths[block], widths[block + 1], 3, stride=stride, padding=1, bias=False),
             nn.BatchNorm2d(widths[block + 1]),
