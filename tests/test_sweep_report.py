@@ -114,3 +114,14 @@ def test_published_hours_sit_beside_ours_in_a_compute_table(rows, tmp_path):
     assert "## Compute" not in write_sweep_report(rows, tmp_path, title="no hours", grid_keys=[]).read_text()
     with open(tmp_path / "results.csv") as handle:
         assert {row["pretrain_seconds"] for row in csv.DictReader(handle)} == {"720.0"}
+
+
+def test_the_paper_table_says_whether_our_rows_move_as_the_papers_do(rows, tmp_path):
+    # ours: SA grows with the budget and l2 beats mse; the published figures below rise in the same order
+    order = ["mse__size=100", "mse__size=1000", "l2__size=100", "l2__size=1000"]
+    same = {run: {"digits": {"SA": 60.0 + i}} for i, run in enumerate(order)}
+    text = write_sweep_report(rows, tmp_path, title="trend", grid_keys=[], paper=same).read_text()
+    assert "SA: over the 4 rows, our order agrees with the paper's by Kendall's τ = 1.00" in text
+    reversed_ = {run: {"digits": {"SA": 60.0 - i}} for i, run in enumerate(order)}
+    text = write_sweep_report(rows, tmp_path, title="trend", grid_keys=[], paper=reversed_).read_text()
+    assert "Kendall's τ = -1.00" in text and "TA: over" not in text  # no published TA: no TA sentence

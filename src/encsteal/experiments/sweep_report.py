@@ -218,7 +218,29 @@ def paper_table(recs: list[dict], paper: dict) -> str:
             rec = ours.get(mine) if mine else None
             lines.append(f"| {run_id} | {task} | {_num(published.get('TA'), 2)} | {_num(published.get('SA'), 2)} | "
                          f"{mine or '–'} | {_pct(rec['TA'] if rec else None)} | {_pct(rec['SA'] if rec else None)} |")
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *_rank_agreement(paper, by_run)])
+
+
+def _rank_agreement(paper: dict, by_run: dict[str, dict[str, dict]]) -> list[str]:
+    """Whether our rows go up and down where the paper's do: Kendall's τ between the published and our TA and SA
+    over the rows that have both (at least three). On other data than the paper's this is the comparison that
+    means something."""
+    from scipy.stats import kendalltau
+
+    out = []
+    for metric in ("SA", "TA"):
+        pairs = []
+        for run_id, tasks in paper.items():
+            ours = by_run.get(run_id, {})
+            for task, published in tasks.items():
+                rec = ours.get(task if task in ours else next(iter(ours), None))
+                if rec and published.get(metric) is not None:
+                    pairs.append((published[metric], rec[metric]))
+        if len(pairs) >= 3 and len({p for p, _ in pairs}) > 1 and len({o for _, o in pairs}) > 1:
+            tau, p_value = kendalltau([p for p, _ in pairs], [o for _, o in pairs])
+            out.append(f"{metric}: over the {len(pairs)} rows, our order agrees with the paper's by Kendall's τ = "
+                       f"{tau:.2f} (1: the same order, 0: unrelated, −1: reversed; p = {p_value:.2g}).")
+    return [" ".join(out)] if out else []
 
 
 def _hours(seconds) -> str:
