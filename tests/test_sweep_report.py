@@ -12,7 +12,7 @@ from encsteal.cli import app
 from encsteal.config import ConfigError
 from encsteal.experiments.report import results_table
 from encsteal.experiments.sweep import ResultStore
-from encsteal.experiments.sweep_report import default_axes, markdown_table, records, write_sweep_report
+from encsteal.experiments.sweep_report import _x_scale, default_axes, markdown_table, records, write_sweep_report
 from encsteal.config import config_from_dict
 
 
@@ -56,6 +56,14 @@ def test_budget_curves_put_queries_on_x_and_one_line_per_loss(rows, tmp_path):
         table = list(csv.DictReader(handle))
     assert len(table) == 8 and {row["attack.loss"] for row in table} == {"l2", "mse"}
     assert float(table[0]["SA"]) == pytest.approx(0.81)
+
+
+def test_the_x_axis_is_logarithmic_over_decades_and_keeps_zero_query_runs(rows):
+    recs = records(rows)  # 100 and 1,000 queries
+    assert _x_scale(recs, "queries") == ("log", {})
+    assert _x_scale(recs[:2], "queries") == ("linear", {})  # one budget only
+    free = [{**recs[0], "queries": 0}, *recs]  # pre-training on the surrogate buys nothing
+    assert _x_scale(free, "queries") == ("symlog", {"linthresh": 100})
 
 
 def test_cases_crossed_with_budgets_give_one_line_per_case(rows, tmp_path):

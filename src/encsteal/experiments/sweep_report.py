@@ -128,7 +128,7 @@ def plot_curves(recs: list[dict], x: str, series: str | None, path: Path) -> Pat
     groups: dict[str, list[dict]] = {}
     for rec in recs:
         groups.setdefault(_series_value(rec, series), []).append(rec)
-    log_x = _spread(recs, x) >= 10  # budgets and sizes span decades
+    scale, scale_options = _x_scale(recs, x)
     for col, task in enumerate(tasks):
         for row, (metric, title) in enumerate(CURVES):
             axis = axes[row][col]
@@ -140,8 +140,9 @@ def plot_curves(recs: list[dict], x: str, series: str | None, path: Path) -> Pat
                 axis.axhline(1.0, color="grey", lw=0.8, ls=":")
             axis.set_title(f"{task}: {title}", fontsize=9)
             axis.set_xlabel("queries" if x == "queries" else x)
-            if log_x:
-                axis.set_xscale("log")
+            axis.set_xscale(scale, **scale_options)
+            if scale == "symlog":  # 0 at the left edge, not a decade of negative queries
+                axis.set_xlim(left=-0.5 * scale_options["linthresh"])
     if series and len(groups) > 1:
         axes[0][0].legend(fontsize=7, title=series, title_fontsize=7)
     fig.tight_layout()
@@ -150,10 +151,16 @@ def plot_curves(recs: list[dict], x: str, series: str | None, path: Path) -> Pat
     return path
 
 
-def _spread(recs: list[dict], x: str) -> float:
+def _x_scale(recs: list[dict], x: str) -> tuple[str, dict]:
+    """Logarithmic where the values span a decade or more (budgets, sizes), symmetric-log when some are 0 (a
+    method that buys no queries), so that every point is drawn; linear otherwise."""
     values = [_x_value(r, x) for r in recs]
-    low = min(values)
-    return math.inf if low <= 0 else max(values) / low
+    positive = [v for v in values if v > 0]
+    if not positive or max(positive) / min(positive) < 10:
+        return "linear", {}
+    if len(positive) < len(values):
+        return "symlog", {"linthresh": min(positive)}
+    return "log", {}
 
 
 def plot_bars(recs: list[dict], path: Path) -> Path:
