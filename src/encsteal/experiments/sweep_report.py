@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from pathlib import Path
 
 import matplotlib
@@ -210,25 +209,33 @@ def default_axes(grid_keys: list[str], recs: list[dict], x: str | None = None,
     return x, series
 
 
-def paper_table(recs: list[dict], paper: dict) -> str:
-    """The published TA and SA (%) beside ours for the runs that mirror a row of the paper's table. Ours are on
-    the same downstream task where the run has it, else on the run's first task (a CPU twin on other data:
-    compare the trend across rows, not the values)."""
+def _beside_paper(recs: list[dict], paper: dict) -> list[tuple[str, str, dict, str | None, dict | None]]:
+    """(run id, paper's task, published figures, our task, our record) per published row. Ours are on the same
+    downstream task where the run has it, else on the run's first task (a CPU twin on other data)."""
     by_run: dict[str, dict[str, dict]] = {}
     for rec in recs:
         by_run.setdefault(rec["run"], {})[rec["task"]] = rec
-    lines = ["| run | paper: task | TA | SA | ours: task | TA | SA |", "|---|---|---:|---:|---|---:|---:|"]
+    rows = []
     for run_id, tasks in paper.items():
         ours = by_run.get(run_id, {})
         for task, published in tasks.items():
             mine = task if task in ours else next(iter(ours), None)
-            rec = ours.get(mine) if mine else None
-            lines.append(f"| {run_id} | {task} | {_num(published.get('TA'), 2)} | {_num(published.get('SA'), 2)} | "
-                         f"{mine or '–'} | {_pct(rec['TA'] if rec else None)} | {_pct(rec['SA'] if rec else None)} |")
-    return "\n".join([*lines, "", *_rank_agreement(paper, by_run)])
+            rows.append((run_id, task, published, mine, ours.get(mine) if mine else None))
+    return rows
 
 
-def _rank_agreement(paper: dict, by_run: dict[str, dict[str, dict]]) -> list[str]:
+def paper_table(recs: list[dict], paper: dict) -> str:
+    """The published TA and SA (%) beside ours for the runs that mirror a row of the paper's table (compare the
+    trend across rows, not the values, where our task differs), and how well the two orders agree."""
+    rows = _beside_paper(recs, paper)
+    lines = ["| run | paper: task | TA | SA | ours: task | TA | SA |", "|---|---|---:|---:|---|---:|---:|"]
+    for run_id, task, published, mine, rec in rows:
+        lines.append(f"| {run_id} | {task} | {_num(published.get('TA'), 2)} | {_num(published.get('SA'), 2)} | "
+                     f"{mine or '–'} | {_pct(rec['TA'] if rec else None)} | {_pct(rec['SA'] if rec else None)} |")
+    return "\n".join([*lines, "", *_rank_agreement(rows)])
+
+
+def _rank_agreement(rows: list[tuple[str, str, dict, str | None, dict | None]]) -> list[str]:
     """Whether our rows go up and down where the paper's do: Kendall's τ between the published and our TA and SA
     over the rows that have both (at least three). On other data than the paper's this is the comparison that
     means something."""
@@ -236,13 +243,8 @@ def _rank_agreement(paper: dict, by_run: dict[str, dict[str, dict]]) -> list[str
 
     out = []
     for metric in ("SA", "TA"):
-        pairs = []
-        for run_id, tasks in paper.items():
-            ours = by_run.get(run_id, {})
-            for task, published in tasks.items():
-                rec = ours.get(task if task in ours else next(iter(ours), None))
-                if rec and published.get(metric) is not None:
-                    pairs.append((published[metric], rec[metric]))
+        pairs = [(published[metric], rec[metric]) for _, _, published, _, rec in rows
+                 if rec and published.get(metric) is not None]
         if len(pairs) >= 3 and len({p for p, _ in pairs}) > 1 and len({o for _, o in pairs}) > 1:
             tau, p_value = kendalltau([p for p, _ in pairs], [o for _, o in pairs])
             out.append(f"{metric}: over the {len(pairs)} rows, our order agrees with the paper's by Kendall's τ = "
