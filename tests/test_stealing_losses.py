@@ -10,6 +10,7 @@ from encsteal.config import AttackConfig, ConfigError
 from encsteal.losses import (
     LABELLED_LOSSES,
     STEALING_LOSSES,
+    barlow_halves,
     barlow_twins,
     infonce,
     mse,
@@ -66,9 +67,16 @@ def test_soft_nn_is_small_when_pairs_are_each_others_nearest_neighbours():
 
 
 def test_wasserstein_closed_forms():
-    target, _ = pair()
-    assert wasserstein(target, target[torch.randperm(8)]).item() == pytest.approx(0.0, abs=1e-7)  # unpaired: order-free
-    assert wasserstein(target, target + 0.5).item() == pytest.approx(0.25, rel=1e-5)  # a shift c costs c²
+    first, last = torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([[0.0, 0.0, 1.0]])
+    assert wasserstein(first, last).item() == pytest.approx(2.0)  # all the mass moves two dimensions along
+    assert wasserstein(first, torch.tensor([[0.0, 1.0, 0.0]])).item() == pytest.approx(1.0)
+    assert wasserstein(first, torch.tensor([[0.5, 0.0, 0.5]])).item() == pytest.approx(1.0)  # half of it, two along
+    target = pair()[0].abs()
+    assert wasserstein(target, 3 * target).item() == pytest.approx(0.0, abs=1e-6)  # only the mass profile counts
+    assert wasserstein(target, -target).item() == pytest.approx(0.0, abs=1e-6)  # mass is |feature|
+    shuffled = target[torch.randperm(8, generator=torch.Generator().manual_seed(0))]
+    assert wasserstein(target, shuffled).item() > 0.1  # paired: each image against its own target vector
+    assert wasserstein(torch.cat([first, last]), torch.cat([last, first])).item() == pytest.approx(2.0)  # batch mean
 
 
 def test_barlow_twins_closed_forms():
@@ -76,6 +84,17 @@ def test_barlow_twins_closed_forms():
     assert barlow_twins(x, x).item() == pytest.approx(0.0, abs=1e-6)
     assert barlow_twins(x, 3 * x + 2).item() == pytest.approx(0.0, abs=1e-6)  # correlation, not equality
     assert barlow_twins(x, -x).item() == pytest.approx(8.0, rel=1e-5)  # C = −I: Σ (1 − (−1))² = 8
+
+
+def test_barlow_halves_never_pairs_an_image_with_its_own_target_features():
+    x = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
+    target = torch.cat([x, x])  # 8 images: halves a and b hold the same four vectors
+    assert barlow_halves(target, target).item() == pytest.approx(0.0, abs=1e-6)
+    # a sign-flipped copy scores as well as an exact one: the stacks [−x; x] are still decorrelated
+    assert barlow_halves(target, -target).item() == pytest.approx(0.0, abs=1e-6)
+    assert barlow_twins(target, -target).item() == pytest.approx(8.0, rel=1e-5)  # paired Barlow sees it
+    with pytest.raises(ValueError, match="at least 4"):
+        barlow_halves(x[:3], x[:3])
 
 
 @pytest.mark.parametrize("name", list(STEALING_LOSSES))
@@ -126,6 +145,8 @@ def test_cont_steal_setting_and_refusals(one_thread):
     ATTACKS["stolenencoder"](target, surrogate, cont_steal, ctx)
     with pytest.raises(ConfigError, match="labels"):
         ATTACKS["stolenencoder"](target, surrogate, cont_steal.model_copy(update={"loss": "supcon"}), ctx)
+    with pytest.raises(ConfigError, match="at least 4"):
+        ATTACKS["stolenencoder"](target, surrogate, cont_steal.model_copy(update={"loss": "barlow-halves", "batch_size": 2}), ctx)
     with pytest.raises(ConfigError, match="nothing to minimise"):
         ATTACKS["stolenencoder"](target, surrogate, cont_steal.model_copy(update={"lam": 0.0}), ctx)
     assert target.queries == 16  # the refusals bought nothing

@@ -196,7 +196,7 @@ class AttackConfig(Section):
     stem: Literal["cifar", "half", "imagenet"] = "cifar"
     loss: str = "l2"
     """d in L = L1 + λ·L2: a distance (l2, l1, cosine) or any stealing loss (mse, infonce, nt-xent, soft-nn,
-    supcon, wasserstein, barlow; see encsteal.losses)."""
+    supcon, wasserstein, barlow, barlow-halves; see encsteal.losses)."""
     clean_weight: float = Field(1.0, ge=0)
     """Weight of L1, the loss on the clean images (Cont-Steal uses only augmented views: 0)."""
     lam: float = Field(20.0, ge=0)

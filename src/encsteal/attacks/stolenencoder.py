@@ -123,6 +123,9 @@ def _check(config: AttackConfig, labels: torch.Tensor | None) -> None:
     if config.loss in LABELLED_LOSSES and labels is None:
         raise ConfigError(f"attack.loss={config.loss} needs the surrogate images' labels, and this surrogate set has "
                           "none: use a labelled surrogate dataset or another loss")
+    if config.loss == "barlow-halves" and config.batch_size < 4:
+        raise ConfigError("attack.loss=barlow-halves splits each batch into halves of at least 2 images: "
+                          f"attack.batch_size must be at least 4, got {config.batch_size}")
     if config.clean_weight == 0 and config.lam == 0:
         raise ConfigError("attack.clean_weight=0 and attack.lam=0 leave nothing to minimise")
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import torch
 
+from encsteal.losses.barlow_halves import barlow_halves
 from encsteal.losses.barlow_twins import barlow_twins
 from encsteal.losses.distance import DISTANCES, cosine_distance, l1_distance, l2_distance
 from encsteal.losses.infonce import infonce
@@ -31,6 +32,7 @@ STEALING_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "supcon": supcon,
     "wasserstein": wasserstein,
     "barlow": barlow_twins,
+    "barlow-halves": barlow_halves,
 }
 """name -> loss(target, stolen[, labels][, temperature])."""
 
@@ -56,5 +58,5 @@ def stealing_loss(name: str, temperature: float) -> StealingLoss:
     return lambda target, stolen, labels=None: function(target, stolen)
 
 
-__all__ = ["DISTANCES", "LABELLED_LOSSES", "STEALING_LOSSES", "TEMPERATURE_LOSSES", "barlow_twins", "cosine_distance",
+__all__ = ["DISTANCES", "LABELLED_LOSSES", "STEALING_LOSSES", "TEMPERATURE_LOSSES", "barlow_halves", "barlow_twins", "cosine_distance",
            "infonce", "l1_distance", "l2_distance", "mse", "nt_xent", "soft_nn", "stealing_loss", "supcon", "wasserstein"]

@@ -4,7 +4,8 @@
     L = Σ_i (1 − C_ii)² + λ Σ_{i≠j} C_ij²,   λ = 5·10⁻³
 
 Zero when every stolen dimension is perfectly correlated with the same target dimension and uncorrelated
-with the others; it asks for correlation, not equality, and steals worst of the losses in the slides.
+with the others; it asks for correlation, not equality. (The slides' Barlow, their worst stealing loss,
+pairs the features differently: see barlow_halves.py.)
 """
 
 from __future__ import annotations
