@@ -127,6 +127,10 @@ def plot_curves(recs: list[dict], x: str, series: str | None, path: Path) -> Pat
     groups: dict[str, list[dict]] = {}
     for rec in recs:
         groups.setdefault(_series_value(rec, series), []).append(rec)
+    # tab10 repeats its colours after ten series: past that, tab20, and markers that differ too
+    colors = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20").colors
+    style = {name: {"color": colors[i % len(colors)], "marker": "os^D"[i // len(colors) % 4]}
+             for i, name in enumerate(groups)}
     scale, scale_options = _x_scale(recs, x)
     for col, task in enumerate(tasks):
         for row, (metric, title) in enumerate(CURVES):
@@ -134,7 +138,7 @@ def plot_curves(recs: list[dict], x: str, series: str | None, path: Path) -> Pat
             for name, group in groups.items():
                 points = sorted((_x_value(r, x), r[metric]) for r in group if r["task"] == task and r[metric] is not None)
                 if points:
-                    axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name or None)
+                    axis.plot([p[0] for p in points], [p[1] for p in points], label=name or None, **style[name])
             if metric == "G":
                 axis.axhline(1.0, color="grey", lw=0.8, ls=":")
             axis.set_title(f"{task}: {title}", fontsize=9)
@@ -142,9 +146,12 @@ def plot_curves(recs: list[dict], x: str, series: str | None, path: Path) -> Pat
             axis.set_xscale(scale, **scale_options)
             if scale == "symlog":  # 0 at the left edge, not a decade of negative queries
                 axis.set_xlim(left=-0.5 * scale_options["linthresh"])
-    if series and len(groups) > 1:
-        axes[0][0].legend(fontsize=7, title=series, title_fontsize=7)
-    fig.tight_layout()
+    if series and len(groups) > 1:  # beside the plots, where it hides no point
+        fig.legend(*axes[0][0].get_legend_handles_labels(), loc="center right", fontsize=7, title=series,
+                   title_fontsize=7)
+        fig.tight_layout(rect=(0, 0, 1 - 1.4 / fig.get_figwidth(), 1))
+    else:
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
