@@ -58,5 +58,6 @@ def stealing_loss(name: str, temperature: float) -> StealingLoss:
     return lambda target, stolen, labels=None: function(target, stolen)
 
 
-__all__ = ["DISTANCES", "LABELLED_LOSSES", "STEALING_LOSSES", "TEMPERATURE_LOSSES", "barlow_halves", "barlow_twins", "cosine_distance",
-           "infonce", "l1_distance", "l2_distance", "mse", "nt_xent", "soft_nn", "stealing_loss", "supcon", "wasserstein"]
+__all__ = ["DISTANCES", "LABELLED_LOSSES", "STEALING_LOSSES", "TEMPERATURE_LOSSES", "barlow_halves", "barlow_twins",
+           "cosine_distance", "infonce", "l1_distance", "l2_distance", "mse", "nt_xent", "soft_nn", "stealing_loss",
+           "supcon", "wasserstein"]
