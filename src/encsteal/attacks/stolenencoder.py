@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from encsteal.augment import build_augmentation
 from encsteal.config import AttackConfig, ConfigError
 from encsteal.distributed import check_batch, gather, shard, unwrap, wrap
-from encsteal.losses import LABELLED_LOSSES, stealing_loss
+from encsteal.losses import LABELLED_LOSSES, MIN_BATCH_SIZES, stealing_loss
 from encsteal.models import Encoder, build_encoder
 from encsteal.progress import progress_bar
 from encsteal.target import Target
@@ -123,9 +123,10 @@ def _check(config: AttackConfig, labels: torch.Tensor | None) -> None:
     if config.loss in LABELLED_LOSSES and labels is None:
         raise ConfigError(f"attack.loss={config.loss} needs the surrogate images' labels, and this surrogate set has "
                           "none: use a labelled surrogate dataset or another loss")
-    if config.loss == "barlow-halves" and config.batch_size < 4:
-        raise ConfigError("attack.loss=barlow-halves splits each batch into halves of at least 2 images: "
-                          f"attack.batch_size must be at least 4, got {config.batch_size}")
+    min_batch = MIN_BATCH_SIZES.get(config.loss, 1)
+    if config.batch_size < min_batch:
+        raise ConfigError(f"attack.loss={config.loss} needs attack.batch_size at least {min_batch}, "
+                          f"got {config.batch_size}")
     if config.clean_weight == 0 and config.lam == 0:
         raise ConfigError("attack.clean_weight=0 and attack.lam=0 leave nothing to minimise")
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import torch
 
+from encsteal.losses.barlow_halves import MIN_BATCH as BARLOW_HALVES_MIN_BATCH
 from encsteal.losses.barlow_halves import barlow_halves
 from encsteal.losses.barlow_twins import barlow_twins
 from encsteal.losses.distance import DISTANCES, cosine_distance, l1_distance, l2_distance
@@ -40,6 +41,8 @@ TEMPERATURE_LOSSES = {"infonce", "nt-xent", "soft-nn", "supcon"}
 """Losses that take attack.temperature."""
 LABELLED_LOSSES = {"supcon"}
 """Losses that need the surrogate images' labels."""
+MIN_BATCH_SIZES = {"barlow-halves": BARLOW_HALVES_MIN_BATCH}
+"""Losses that need more than the two images per batch every loss needs."""
 
 StealingLoss = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -58,6 +61,6 @@ def stealing_loss(name: str, temperature: float) -> StealingLoss:
     return lambda target, stolen, labels=None: function(target, stolen)
 
 
-__all__ = ["DISTANCES", "LABELLED_LOSSES", "STEALING_LOSSES", "TEMPERATURE_LOSSES", "barlow_halves", "barlow_twins",
-           "cosine_distance", "infonce", "l1_distance", "l2_distance", "mse", "nt_xent", "soft_nn", "stealing_loss",
-           "supcon", "wasserstein"]
+__all__ = ["DISTANCES", "LABELLED_LOSSES", "MIN_BATCH_SIZES", "STEALING_LOSSES", "TEMPERATURE_LOSSES",
+           "barlow_halves", "barlow_twins", "cosine_distance", "infonce", "l1_distance", "l2_distance", "mse",
+           "nt_xent", "soft_nn", "stealing_loss", "supcon", "wasserstein"]

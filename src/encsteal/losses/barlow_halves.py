@@ -17,11 +17,14 @@ import torch
 
 from encsteal.losses.barlow_twins import barlow_twins
 
+MIN_BATCH = 4
+"""Two halves of at least two images: a half of one has no spread to standardise."""
+
 
 def barlow_halves(target: torch.Tensor, stolen: torch.Tensor) -> torch.Tensor:
+    if len(stolen) < MIN_BATCH:
+        raise ValueError(f"barlow-halves needs at least {MIN_BATCH} images per batch, got {len(stolen)}")
     half = len(stolen) // 2
-    if half < 2:
-        raise ValueError(f"barlow-halves needs at least 4 images per batch, got {len(stolen)}")
     first = torch.cat([stolen[:half], target[:half]])
     second = torch.cat([stolen[half : 2 * half], target[half : 2 * half]])
     return barlow_twins(second, first)
