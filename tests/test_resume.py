@@ -54,9 +54,11 @@ def test_killed_steal_resumes_without_new_queries(tmp_path):
     bought_before_kill = rows(cache)
     assert 8 <= bought_before_kill <= 96
 
-    # 2. killed while training, after everything was bought and an epoch was saved
+    # 2. killed while training, after everything was bought and an epoch was saved and logged (an epoch is
+    # saved just before its metrics line is written: a kill between the two would drop that line)
     state = run_dir / "state" / "steal.pt"
-    kill_when(start(preset, tmp_path), lambda: state.exists())
+    metrics = run_dir / "metrics.jsonl"
+    kill_when(start(preset, tmp_path), lambda: state.exists() and '"stage": "steal"' in metrics.read_text())
     assert rows(cache) == 96
 
     # 3. finishes: buys nothing, resumes training from the saved epoch
