@@ -1,5 +1,7 @@
 """Every registered attack (and the variants the paper compares) trains on tiny data and pays what it should."""
 
+import json
+
 import pytest
 import torch
 
@@ -8,7 +10,7 @@ from encsteal.config import AttackConfig, ConfigError
 from encsteal.losses import DISTANCES
 from encsteal.models import Encoder, build_encoder
 from encsteal.target import LocalTarget
-from encsteal.training import TrainContext
+from encsteal.training import MetricsLog, TrainContext, scheduled_lr
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +57,7 @@ def test_attack_trains_and_pays_what_it_should(name, target, surrogate):
         {"views": 3},
         {"normalize_features": True},
         {"optimizer": "sgd", "weight_decay": 5e-4},
+        {"lr_schedule": "cosine"},
         *({"loss": name} for name in sorted(DISTANCES)),
         {"augment": []},
         {"augment": ["random_resized_crop", "horizontal_flip", "color_jitter", "grayscale"]},
@@ -87,16 +90,22 @@ def test_query_aug_without_augmentation_is_refused(target, surrogate):
 
 
 def test_stealing_loss_drops(target, surrogate, tmp_path):
-    from encsteal.training import MetricsLog
-
     log = MetricsLog(tmp_path / "metrics.jsonl")
     config = AttackConfig(arch="small_cnn", epochs=6, batch_size=12, lr=3e-3)
     ATTACKS["stolenencoder"](target, surrogate, config, TrainContext(device=torch.device("cpu"), seed=0, log=log, progress=False))
-    import json
-
     losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 6
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_every_attack_follows_its_lr_schedule(name, target, surrogate, tmp_path):
+    """Each epoch's last step runs at the cosine curve's value for that step (2 steps per epoch here)."""
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    config = AttackConfig(name=name, arch="small_cnn", epochs=3, batch_size=12, lr=1e-3, lr_schedule="cosine")
+    ATTACKS[name](target, surrogate, config, TrainContext(device=torch.device("cpu"), seed=0, log=log, progress=False))
+    logged = [json.loads(line)["lr"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert logged == pytest.approx([scheduled_lr(1e-3, "cosine", 2 * epoch + 1, 6) for epoch in range(3)])
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))

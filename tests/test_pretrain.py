@@ -11,7 +11,7 @@ from encsteal.data import load_dataset
 from encsteal.models import Encoder
 from encsteal.pretrain import PRETRAINERS
 from encsteal.pretrain.moco import moco_loss
-from encsteal.training import MetricsLog, TrainContext
+from encsteal.training import MetricsLog, TrainContext, scheduled_lr
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +43,10 @@ def kill_after_first_epoch(record):
         raise Killed
 
 
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
 @pytest.mark.parametrize("method", sorted(PRETRAINERS))
-def test_pretraining_resumes_to_the_same_encoder(method, images, tmp_path):
-    config = PretrainConfig(method=method, arch="small_cnn", epochs=2, batch_size=16, moco_queue=64)
+def test_pretraining_resumes_to_the_same_encoder(method, schedule, images, tmp_path):
+    config = PretrainConfig(method=method, arch="small_cnn", epochs=2, batch_size=16, moco_queue=64, lr_schedule=schedule)
     cpu = torch.device("cpu")
     straight = PRETRAINERS[method](images, config, TrainContext(device=cpu, seed=0, progress=False))
     state = tmp_path / "state.pt"
@@ -57,6 +58,18 @@ def test_pretraining_resumes_to_the_same_encoder(method, images, tmp_path):
     x = torch.rand(4, 3, 32, 32)
     with torch.inference_mode():
         assert torch.allclose(straight(x), resumed(x), atol=1e-5)
+
+
+def test_lr_schedules_closed_form():
+    assert scheduled_lr(1e-3, "constant", 7, 10) == 1e-3
+    assert scheduled_lr(1e-3, "cosine", 0, 10) == 1e-3
+    assert scheduled_lr(1e-3, "cosine", 5, 10) == pytest.approx(5e-4)
+    assert scheduled_lr(1e-3, "cosine", 10, 10) == pytest.approx(0, abs=1e-15)
+    curve = [scheduled_lr(1.0, "cosine", step, 10) for step in range(11)]
+    assert all(a > b for a, b in zip(curve, curve[1:]))
+    assert [a + b for a, b in zip(curve, reversed(curve))] == pytest.approx([1.0] * 11)  # symmetric about the middle
+    with pytest.raises(ValueError, match="schedule"):
+        scheduled_lr(1e-3, "step", 0, 10)
 
 
 def test_moco_loss_closed_form():

@@ -84,6 +84,8 @@ class PretrainConfig(Section):
     epochs: int = Field(1000, ge=0)
     batch_size: int = Field(256, ge=2)
     lr: float = Field(1e-3, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """constant (the paper's Adam at lr), or cosine decay from lr towards 0 over all steps."""
     weight_decay: float = Field(0.0, ge=0)
     temperature: float = Field(0.5, gt=0)
     projection_dim: int = Field(128, ge=1)
@@ -208,6 +210,8 @@ class AttackConfig(Section):
     augment: list[str] = ["horizontal_flip", "color_jitter", "grayscale"]
     epochs: int = Field(100, ge=0)
     lr: float = Field(1e-3, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """constant (the paper's Adam at lr), or cosine decay from lr towards 0 over all steps."""
     batch_size: int = Field(64, ge=1)
     optimizer: Literal["adam", "sgd"] = "adam"
     weight_decay: float = Field(0.0, ge=0)

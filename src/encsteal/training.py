@@ -4,6 +4,7 @@ metrics, and per-epoch states so that a killed run resumes where it stopped."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import time
@@ -116,6 +117,22 @@ def make_optimizer(
     if name == "sgd":
         return torch.optim.SGD(parameters, lr=lr, weight_decay=weight_decay, momentum=momentum)
     raise ValueError(f"unknown optimizer '{name}' (adam or sgd)")
+
+
+def scheduled_lr(base_lr: float, schedule: str, step: int, total_steps: int) -> float:
+    """The learning rate at global step `step` of `total_steps`: constant, or cosine decay from base_lr towards
+    0 (SGDR, Loshchilov & Hutter 2017, without restarts): lr = base_lr · (1 + cos(π · step / total_steps)) / 2.
+    A function of the step alone, so a resumed run carries on along the same curve."""
+    if schedule == "constant":
+        return base_lr
+    if schedule == "cosine":
+        return base_lr * 0.5 * (1 + math.cos(math.pi * step / max(total_steps, 1)))
+    raise ValueError(f"unknown learning-rate schedule '{schedule}' (constant or cosine)")
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 class EpochState:

@@ -35,6 +35,8 @@ from encsteal.training import (
     channels_last,
     make_optimizer,
     minibatches,
+    scheduled_lr,
+    set_lr,
     start_epoch,
     steps_per_epoch,
     to_float_batch,
@@ -79,7 +81,8 @@ def _train(
         for epoch in range(first_epoch, config.epochs):
             generator = start_epoch(ctx.seed, epoch)
             started, total_loss = time.perf_counter(), 0.0
-            for index in minibatches(n, config.batch_size, generator):
+            for step, index in enumerate(minibatches(n, config.batch_size, generator), start=epoch * steps):
+                set_lr(optimizer, scheduled_lr(config.lr, config.lr_schedule, step, config.epochs * steps))
                 x = to_float_batch(surrogate[index], device)
                 batch = len(index)
                 augmented = [augment(x) for _ in range(views)]
@@ -112,7 +115,8 @@ def _train(
             images = steps * config.batch_size * (1 + views) if steps else 0
             state.save(epoch, dist.main)
             ctx.log({"stage": "steal", "epoch": epoch + 1, "loss": total_loss / max(steps, 1),
-                     "seconds": seconds, "images_per_s": images / seconds if seconds else None})
+                     "seconds": seconds, "lr": optimizer.param_groups[0]["lr"],
+                     "images_per_s": images / seconds if seconds else None})
             advance(1, status=f"loss {total_loss / max(steps, 1):.4f}")
     state.finish(dist.main)
     return unwrap(model).eval()

@@ -14,7 +14,8 @@ from encsteal.training import TrainContext
 
 def pretrain_on_surrogate(target: Target, surrogate: torch.Tensor, config: AttackConfig, ctx: TrainContext,
                           labels: torch.Tensor | None = None) -> Encoder:
-    """SimCLR on the surrogate images with the attack's architecture, epochs, batch size, lr and augmentations."""
+    """SimCLR on the surrogate images with the attack's architecture, epochs, batch size, lr, lr schedule and
+    augmentations."""
     del target  # this baseline never queries it
     simclr = PretrainConfig(
         method="simclr",
@@ -23,6 +24,7 @@ def pretrain_on_surrogate(target: Target, surrogate: torch.Tensor, config: Attac
         epochs=config.epochs,
         batch_size=config.batch_size,
         lr=config.lr,
+        lr_schedule=config.lr_schedule,
         weight_decay=config.weight_decay,
         temperature=config.temperature,
         augment=config.augment,

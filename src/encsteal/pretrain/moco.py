@@ -27,6 +27,8 @@ from encsteal.training import (
     channels_last,
     make_optimizer,
     minibatches,
+    scheduled_lr,
+    set_lr,
     start_epoch,
     steps_per_epoch,
     to_float_batch,
@@ -77,7 +79,8 @@ def pretrain_moco(images: torch.Tensor, config: PretrainConfig, ctx: TrainContex
         for epoch in range(first_epoch, config.epochs):
             generator = start_epoch(ctx.seed, epoch)
             started, total_loss = time.perf_counter(), 0.0
-            for index in minibatches(n, config.batch_size, generator):
+            for step, index in enumerate(minibatches(n, config.batch_size, generator), start=epoch * steps):
+                set_lr(optimizer, scheduled_lr(config.lr, config.lr_schedule, step, config.epochs * steps))
                 x = to_float_batch(images[index], device)
                 x_q, x_k = channels_last(augment(x)), channels_last(augment(x))
                 queries = head(encoder(x_q))
@@ -97,6 +100,7 @@ def pretrain_moco(images: torch.Tensor, config: PretrainConfig, ctx: TrainContex
             seconds = time.perf_counter() - started
             state.save(epoch)
             ctx.log({"stage": "pretrain", "epoch": epoch + 1, "loss": total_loss / max(steps, 1), "seconds": seconds,
+                     "lr": optimizer.param_groups[0]["lr"],
                      "images_per_s": 2 * steps * config.batch_size / seconds if seconds else None})
             advance(1, status=f"loss {total_loss / max(steps, 1):.4f}")
     state.finish()

@@ -25,6 +25,8 @@ from encsteal.training import (
     channels_last,
     make_optimizer,
     minibatches,
+    scheduled_lr,
+    set_lr,
     start_epoch,
     steps_per_epoch,
     to_float_batch,
@@ -52,7 +54,8 @@ def pretrain_simclr(images: torch.Tensor, config: PretrainConfig, ctx: TrainCont
         for epoch in range(first_epoch, config.epochs):
             generator = start_epoch(ctx.seed, epoch)
             started, total_loss = time.perf_counter(), 0.0
-            for index in minibatches(n, config.batch_size, generator):
+            for step, index in enumerate(minibatches(n, config.batch_size, generator), start=epoch * steps):
+                set_lr(optimizer, scheduled_lr(config.lr, config.lr_schedule, step, config.epochs * steps))
                 x = to_float_batch(images[index], device)
                 first_view, second_view = augment(x), augment(x)
                 # this rank's slice of both views (all of them in one process); NT-Xent on the whole batch
@@ -67,6 +70,7 @@ def pretrain_simclr(images: torch.Tensor, config: PretrainConfig, ctx: TrainCont
             seconds = time.perf_counter() - started
             state.save(epoch, dist.main)
             ctx.log({"stage": "pretrain", "epoch": epoch + 1, "loss": total_loss / max(steps, 1), "seconds": seconds,
+                     "lr": optimizer.param_groups[0]["lr"],
                      "images_per_s": 2 * steps * config.batch_size / seconds if seconds else None})
             advance(1, status=f"loss {total_loss / max(steps, 1):.4f}")
     state.finish(dist.main)
