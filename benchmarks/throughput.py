@@ -3,9 +3,12 @@
 For each architecture: images/s of a raw forward+backward+Adam step on random tensors shaped like the
 pipeline's batches, then images/s of one epoch of SimCLR pre-training and of StolenEncoder stealing on
 random uint8 images (augmentation, batching, conversion and logging included). The ratio pipeline/raw is
-the overhead of everything around the model (goal: >= 0.85). Prints one JSON line per measurement.
+the overhead of everything around the model (goal: >= 0.85). With `--precisions fp32,bf16` each is measured
+in both arithmetics (`precision: bf16` runs the forward passes under autocast) and bf16's speed-up over fp32 is
+printed: it depends on the CPU (native bf16 instructions, AVX512-BF16 or AMX, make it pay). Prints one JSON
+line per measurement.
 
-    python benchmarks/throughput.py [--archs small_cnn:cifar,resnet18:imagenet] [--images 2048]
+    python benchmarks/throughput.py [--archs small_cnn:cifar,resnet18:imagenet] [--images 2048] [--precisions fp32,bf16]
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from encsteal.training import TrainContext, channels_last
 DEFAULT_ARCHS = "small_cnn:cifar,small_cnn:imagenet,resnet18:imagenet,resnet34:imagenet"
 
 
-def raw_images_per_s(arch: str, stem: str, batch: int, steps: int, with_head: bool) -> float:
+def raw_images_per_s(arch: str, stem: str, batch: int, steps: int, with_head: bool, precision: str) -> float:
     """Forward + backward + Adam on random float tensors: the model alone."""
     torch.manual_seed(0)
     encoder = build_encoder(arch, stem).to(memory_format=torch.channels_last)
@@ -39,20 +42,21 @@ def raw_images_per_s(arch: str, stem: str, batch: int, steps: int, with_head: bo
     for step in range(steps + 2):  # two warm-up steps
         if step == 2:
             started = time.perf_counter()
-        out = encoder(x)
-        if with_head:
-            out = modules[1](out)
-        loss = out.pow(2).mean()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = encoder(x)
+            if with_head:
+                out = modules[1](out)
+        loss = out.float().pow(2).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     return steps * batch / (time.perf_counter() - started)
 
 
-def pipeline_images_per_s(stage: str, arch: str, stem: str, images: torch.Tensor, batch: int) -> float:
+def pipeline_images_per_s(stage: str, arch: str, stem: str, images: torch.Tensor, batch: int, precision: str) -> float:
     """One epoch of the real training loop (after a one-epoch warm-up), from its own metrics."""
     records: list[dict] = []
-    ctx = TrainContext(device=torch.device("cpu"), seed=0, log=records.append, progress=False)
+    ctx = TrainContext(device=torch.device("cpu"), seed=0, log=records.append, progress=False, precision=precision)
     if stage == "pretrain":
         config = PretrainConfig(arch=arch, stem=stem, epochs=2, batch_size=batch)
         pretrain_simclr(images, config, ctx)
@@ -68,20 +72,29 @@ def main() -> None:
     parser.add_argument("--archs", default=DEFAULT_ARCHS, help="arch:stem pairs, comma-separated")
     parser.add_argument("--images", type=int, default=2048, help="images per measured epoch")
     parser.add_argument("--raw-steps", type=int, default=8)
+    parser.add_argument("--precisions", default="fp32", help="fp32, bf16 or both, comma-separated")
     args = parser.parse_args()
+    precisions = args.precisions.split(",")
+    if not set(precisions) <= {"fp32", "bf16"}:
+        parser.error(f"--precisions takes fp32 and/or bf16, not {args.precisions}")
     images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "images": args.images}), flush=True)
     for pair in args.archs.split(","):
         arch, stem = pair.split(":")
         # SimCLR: batch 256 images -> 512 views through encoder + head; StolenEncoder: batch 64 -> 128 (x and A(x)).
         for stage, batch, forward_batch, head in [("pretrain", 256, 512, True), ("steal", 64, 128, False)]:
-            raw = raw_images_per_s(arch, stem, forward_batch, args.raw_steps, head)
-            pipeline = pipeline_images_per_s(stage, arch, stem, images, batch)
-            print(json.dumps({
-                "arch": arch, "stem": stem, "stage": stage, "batch": batch,
-                "raw_images_per_s": round(raw, 1), "pipeline_images_per_s": round(pipeline, 1),
-                "pipeline_over_raw": round(pipeline / raw, 3),
-            }), flush=True)
+            fp32_pipeline = None
+            for precision in precisions:
+                raw = raw_images_per_s(arch, stem, forward_batch, args.raw_steps, head, precision)
+                pipeline = pipeline_images_per_s(stage, arch, stem, images, batch, precision)
+                line = {"arch": arch, "stem": stem, "stage": stage, "batch": batch, "precision": precision,
+                        "raw_images_per_s": round(raw, 1), "pipeline_images_per_s": round(pipeline, 1),
+                        "pipeline_over_raw": round(pipeline / raw, 3)}
+                if precision == "fp32":
+                    fp32_pipeline = pipeline
+                elif fp32_pipeline:
+                    line["bf16_over_fp32"] = round(pipeline / fp32_pipeline, 3)
+                print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":

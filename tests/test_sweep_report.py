@@ -133,3 +133,40 @@ def test_the_paper_table_says_whether_our_rows_move_as_the_papers_do(rows, tmp_p
     reversed_ = {run: {"digits": {"SA": 60.0 - i}} for i, run in enumerate(order)}
     text = write_sweep_report(rows, tmp_path, title="trend", grid_keys=[], paper=reversed_).read_text()
     assert "Kendall's τ = -1.00" in text and "TA: over" not in text  # no published TA: no TA sentence
+
+
+def test_gain_panels_keep_a_readable_range_and_count_what_falls_off_it():
+    import matplotlib.pyplot as plt
+
+    from encsteal.experiments.sweep_report import G_AXIS, _clipped_line
+
+    fig, axis = plt.subplots()
+    points = [(100, 0.5), (1000, -40.0), (3000, 2.0)]  # a collapsed copy at 1,000 queries; a supervised one at 3,000
+    assert _clipped_line(axis, points, "barlow-halves", {"color": "C0", "marker": "o"}) == 2
+    line = axis.get_lines()[0]
+    assert list(line.get_ydata()) == [0.5, G_AXIS[0], G_AXIS[1]]
+    assert [l.get_marker() for l in axis.get_lines()[1:]] == ["v", "^"]  # the edge points show which way
+    plt.close(fig)
+
+
+def test_gain_is_not_drawn_where_the_target_is_too_weak_for_it(rows, tmp_path, monkeypatch):
+    import encsteal.experiments.sweep_report as sweep_report
+
+    weak = [dict(row) for row in rows]
+    for row in weak[:-1]:  # digits: TA − R under 2 points in every run
+        results = json.loads(row["results"])
+        results["downstream"]["digits"]["gain_meaningful"] = False
+        row["results"] = json.dumps(results)
+    drawn = []
+    real_subplots = sweep_report.plt.subplots
+
+    def subplots(*args, **kwargs):  # keep the axes to look at them
+        fig, axes = real_subplots(*args, **kwargs)
+        drawn.extend(axes.flatten())
+        return fig, axes
+
+    monkeypatch.setattr(sweep_report.plt, "subplots", subplots)
+    write_sweep_report(weak, tmp_path, title="weak", grid_keys=["surrogate.size", "attack.loss"])
+    panels = {axis.get_title(): axis for axis in drawn}
+    assert len(panels["digits: captured gain G: not drawn, TA − R under 2 points"].get_lines()) == 1  # G = 1 only
+    assert len(panels["fashion-mnist: captured gain G"].get_lines()) == 3  # l2, mse and G = 1

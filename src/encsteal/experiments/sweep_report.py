@@ -26,6 +26,9 @@ from encsteal.experiments.report import accuracy_bars  # noqa: E402
 COLUMNS = ("run", "task", "TA", "SA", "R", "R_std", "SA_over_TA", "G", "cosine", "l2", "cka", "knn_agree",
            "queries", "cost", "pretrain_seconds", "steal_seconds")
 CURVES = (("SA_over_TA", "SA/TA"), ("G", "captured gain G"), ("cka", "linear CKA (target vs stolen)"))
+G_AXIS = (-1.0, 1.5)
+"""The captured-gain panels' range. A collapsed copy can score G = −40 (far below a random encoder), which would
+squeeze every other line flat; such points sit on the edge as triangles and the panel's title counts them."""
 
 
 def case_of(run_id: str) -> str:
@@ -135,12 +138,21 @@ def plot_curves(recs: list[dict], x: str, series: str | None, path: Path) -> Pat
     for col, task in enumerate(tasks):
         for row, (metric, title) in enumerate(CURVES):
             axis = axes[row][col]
+            off_scale = 0
             for name, group in groups.items():
-                points = sorted((_x_value(r, x), r[metric]) for r in group if r["task"] == task and r[metric] is not None)
-                if points:
+                points = sorted((_x_value(r, x), r[metric]) for r in group if r["task"] == task and r[metric] is not None
+                                and (metric != "G" or r["G_meaningful"]))
+                if metric == "G":
+                    off_scale += _clipped_line(axis, points, name, style[name])
+                elif points:
                     axis.plot([p[0] for p in points], [p[1] for p in points], label=name or None, **style[name])
             if metric == "G":
                 axis.axhline(1.0, color="grey", lw=0.8, ls=":")
+                axis.set_ylim(G_AXIS[0] - 0.05, G_AXIS[1] + 0.05)
+                if not any(r["G_meaningful"] for r in recs if r["task"] == task):
+                    title += f": not drawn, TA − R under {100 * MIN_MEANINGFUL_GAIN:.0f} points"
+                elif off_scale:
+                    title += f" ({off_scale} off scale, on the edge)"
             axis.set_title(f"{task}: {title}", fontsize=9)
             axis.set_xlabel("queries" if x == "queries" else x)
             axis.set_xscale(scale, **scale_options)
@@ -155,6 +167,20 @@ def plot_curves(recs: list[dict], x: str, series: str | None, path: Path) -> Pat
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _clipped_line(axis, points: list[tuple], name: str, style: dict) -> int:
+    """Draw G within G_AXIS: values beyond it on the edge, as a triangle pointing the way it went off; returns
+    how many were off scale."""
+    if not points:
+        return 0
+    low, high = G_AXIS
+    xs, ys = [p[0] for p in points], [min(max(p[1], low), high) for p in points]
+    axis.plot(xs, ys, label=name or None, **style)
+    off = [(x, y, "v" if y == low else "^") for (x, value), y in zip(points, ys) if value < low or value > high]
+    for x, y, marker in off:
+        axis.plot([x], [y], marker=marker, markersize=9, color=style["color"], linestyle="none")
+    return len(off)
 
 
 def _x_scale(recs: list[dict], x: str) -> tuple[str, dict]:

@@ -1,0 +1,33 @@
+"""The benchmarks still run and print their figures (tiny settings: what they measure is not checked here)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+
+
+def test_throughput_prints_pipeline_and_raw_rates_in_both_precisions():
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "throughput.py"), "--archs", "small_cnn:imagenet", "--images", "128",
+         "--raw-steps", "1", "--precisions", "fp32,bf16"],
+        capture_output=True, text=True, timeout=600, check=True,
+    ).stdout
+    header, *lines = [json.loads(line) for line in out.splitlines()]
+    assert header["images"] == 128
+    assert [(l["stage"], l["precision"]) for l in lines] == [("pretrain", "fp32"), ("pretrain", "bf16"),
+                                                             ("steal", "fp32"), ("steal", "bf16")]
+    for line in lines:
+        assert line["raw_images_per_s"] > 0 and line["pipeline_images_per_s"] > 0
+        ratio = line["pipeline_images_per_s"] / line["raw_images_per_s"]
+        assert line["pipeline_over_raw"] == pytest.approx(ratio, abs=0.01)  # from the unrounded rates
+    assert all("bf16_over_fp32" in l for l in lines if l["precision"] == "bf16")
+
+
+def test_throughput_refuses_an_unknown_precision():
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "throughput.py"), "--precisions", "fp16"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--precisions takes fp32 and/or bf16" in done.stderr
