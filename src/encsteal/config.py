@@ -293,8 +293,9 @@ class Config(Section):
     device: str = "auto"
     """auto, cpu, cuda, cuda:N or mps."""
     precision: Literal["fp32", "bf16"] = "fp32"
-    """Training arithmetic: bf16 runs the trained encoders' forward passes under autocast (GPUs with bf16;
-    on a CPU it is usually slower). Losses and probes stay in fp32."""
+    """Training arithmetic: bf16 runs the trained encoders' forward passes under autocast. It pays on GPUs with
+    bf16 and on CPUs with native bf16 instructions (AVX512-BF16, AMX: 1.4x for ResNet18 on 2 cores); elsewhere
+    it is slower (`benchmarks/throughput.py --precisions fp32,bf16` tells). Losses and probes stay in fp32."""
     compile: bool = False
     """torch.compile the encoders being trained: a minute or more of compiling first, faster steps on a GPU."""
     run_dir: Path | None = None
