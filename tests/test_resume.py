@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from encsteal.training import interrupted_seconds
+
 from conftest import tiny_tree
 
 
@@ -60,6 +62,7 @@ def test_killed_steal_resumes_without_new_queries(tmp_path):
     metrics = run_dir / "metrics.jsonl"
     kill_when(start(preset, tmp_path), lambda: state.exists() and '"stage": "steal"' in metrics.read_text())
     assert rows(cache) == 96
+    assert interrupted_seconds(state) > 0
 
     # 3. finishes: buys nothing, resumes training from the saved epoch
     done = start(preset, tmp_path)
@@ -67,7 +70,10 @@ def test_killed_steal_resumes_without_new_queries(tmp_path):
     sidecar = json.loads((run_dir / "stolen.json").read_text())
     assert sidecar["queries"] == 96
     assert sidecar["queries_this_run"] == 0
-    epochs = [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-              if json.loads(line)["stage"] == "steal"]
+    steal_lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                   if json.loads(line)["stage"] == "steal"]
+    epochs = [line["epoch"] for line in steal_lines]
     assert epochs[-1] == 30 and epochs.count(1) == 1 and len(epochs) <= 30  # the last run resumed, not restarted
+    # the stage's wall time counts the killed run's epochs too, not only the last run's
+    assert sidecar["wall_seconds"] >= sum(line["seconds"] for line in steal_lines)
     assert not state.exists()

@@ -65,6 +65,7 @@ def pretrain_moco(images: torch.Tensor, config: PretrainConfig, ctx: TrainContex
         {"encoder": encoder, "head": head, "momentum_encoder": momentum_encoder, "momentum_head": momentum_head},
         optimizer,
         extra={"queue": queue, "queue_pointer": queue_pointer},
+        started=ctx.started,
     )
     first_epoch = state.resume()
     augment = build_augmentation(config.augment, images.shape[-1]).to(device)
