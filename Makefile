@@ -35,8 +35,8 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-bench: setup
-	$(BIN)/python benchmarks/throughput.py
+bench: setup  # the README's Speed table
+	$(BIN)/python benchmarks/throughput.py --archs small_cnn:imagenet,resnet18:imagenet,resnet18:half,resnet34:imagenet --precisions fp32,bf16
 
 clean:
 	rm -rf runs .pytest_cache
