@@ -74,8 +74,13 @@ class TrainContext:
     compile: bool = False
     """torch.compile the trained module (see `compiled`)."""
     started: float = field(default_factory=time.perf_counter)
-    """When the stage started in this process (time.perf_counter): the per-epoch state records the seconds
-    spent since, so that a resumed stage's wall time also counts its interrupted runs."""
+    """When the stage started in this process (time.perf_counter)."""
+    earlier_seconds: float = 0.0
+    """Seconds the stage ran in earlier runs that were killed (EpochState.resume reads them from its state)."""
+
+    def seconds(self) -> float:
+        """The stage's wall time so far, its interrupted runs included."""
+        return self.earlier_seconds + time.perf_counter() - self.started
 
     def autocast(self):
         """The context for a trained encoder's forward pass; the loss is then computed in fp32."""
@@ -139,17 +144,16 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 class EpochState:
-    """Saves modules and optimizer after each epoch (atomically) and restores them on a re-run."""
+    """Saves modules and optimizer after each epoch (atomically) and restores them on a re-run, with the
+    stage's seconds so far, so that `ctx.seconds()` of a resumed stage counts its killed runs too."""
 
-    def __init__(self, path: Path | None, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer,
-                 extra: dict[str, torch.Tensor] | None = None, started: float | None = None) -> None:
-        self.path = path
+    def __init__(self, ctx: TrainContext, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer,
+                 extra: dict[str, torch.Tensor] | None = None) -> None:
+        self.ctx = ctx
+        self.path = ctx.state_path
         self.modules = modules
         self.optimizer = optimizer
         self.extra = extra if extra is not None else {}
-        self.started = time.perf_counter() if started is None else started
-        self.earlier_seconds = 0.0
-        """Seconds the stage ran in earlier, interrupted runs (from the saved state)."""
 
     def resume(self) -> int:
         """Load a saved state if there is one; returns the first epoch still to run."""
@@ -161,7 +165,7 @@ class EpochState:
         self.optimizer.load_state_dict(state["optimizer"])
         for name, tensor in state.get("extra", {}).items():
             self.extra[name].copy_(tensor)
-        self.earlier_seconds = float(state.get("seconds", 0.0))
+        self.ctx.earlier_seconds = float(state.get("seconds", 0.0))
         return int(state["epoch"]) + 1
 
     def save(self, epoch: int, main: bool = True) -> None:
@@ -174,7 +178,7 @@ class EpochState:
             "modules": {name: module.state_dict() for name, module in self.modules.items()},
             "optimizer": self.optimizer.state_dict(),
             "extra": {name: tensor.detach().cpu() for name, tensor in self.extra.items()},
-            "seconds": self.earlier_seconds + time.perf_counter() - self.started,
+            "seconds": self.ctx.seconds(),
         }
         tmp = self.path.with_suffix(".tmp")
         torch.save(state, tmp)
@@ -184,15 +188,6 @@ class EpochState:
         """The loop is done and its result saved elsewhere: the resume state is no longer needed."""
         if main and self.path is not None and self.path.exists():
             self.path.unlink()
-
-
-def interrupted_seconds(path: Path) -> float:
-    """Seconds a stage spent in earlier runs that were killed, as its per-epoch state records (0 if none).
-
-    Read before the stage resumes, since the state is deleted when the stage finishes."""
-    if not path.exists():
-        return 0.0
-    return float(torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("seconds", 0.0))
 
 
 def start_epoch(seed: int, epoch: int) -> torch.Generator:

@@ -66,7 +66,7 @@ def _train(
     torch.manual_seed(ctx.seed)
     stolen = build_encoder(config.arch, config.stem, out_dim=feature_dim).to(device).to(memory_format=torch.channels_last)
     optimizer = make_optimizer(config.optimizer, stolen.parameters(), config.lr, config.weight_decay, config.momentum)
-    state = EpochState(ctx.state_path, {"stolen": stolen}, optimizer, started=ctx.started)
+    state = EpochState(ctx, {"stolen": stolen}, optimizer)
     first_epoch = state.resume()
     loss_fn = stealing_loss(config.loss, config.temperature)
     augment = build_augmentation(config.augment, surrogate.shape[-1]).to(device)

@@ -39,7 +39,7 @@ from encsteal.service.client import HttpTarget
 from encsteal.service.ledger import Ledger
 from encsteal.service.server import ServeSettings, ServerProcess
 from encsteal.target import LocalTarget, Target
-from encsteal.training import MetricsLog, TrainContext, interrupted_seconds, resolve_device, seed_everything
+from encsteal.training import MetricsLog, TrainContext, resolve_device, seed_everything
 
 
 class RunDirError(EncstealError):
@@ -147,9 +147,8 @@ def pretrain(run: Run) -> Path:
     pc = config.pretrain
     images = pretraining_images(pc.dataset, pc.split, pc.limit, config.seed, **run.data_kwargs())
     ctx = run.context("pretrain")
-    earlier = interrupted_seconds(ctx.state_path)  # a killed run's seconds count too
     encoder = PRETRAINERS[pc.method](images, pc, ctx)
-    seconds = earlier + time.perf_counter() - ctx.started
+    seconds = ctx.seconds()  # a killed run's seconds count too
     if not run.dist.main:
         barrier(run.dist)  # until rank 0 has written the checkpoint every rank goes on with
         return run.target_path
@@ -279,10 +278,9 @@ def steal(run: Run) -> Path:
         cached = CachedTarget(target, cache, run=str(run.dir.resolve()), batch_size=config.target.query_batch_size,
                               progress=run.progress)
         ctx = run.context("steal")
-        earlier = interrupted_seconds(ctx.state_path)  # a killed run's seconds count too
         stolen = ATTACKS[config.attack.name](SharedAnswers(cached, run.dist), surrogate, config.attack, ctx,
                                              labels=labels)
-        seconds = earlier + time.perf_counter() - ctx.started
+        seconds = ctx.seconds()  # a killed run's seconds count too
         cost = spent()
     save_encoder(stolen, run.stolen_path, {
         "role": "stolen",

@@ -61,11 +61,10 @@ def pretrain_moco(images: torch.Tensor, config: PretrainConfig, ctx: TrainContex
     queue_pointer = torch.zeros((), dtype=torch.long)
     optimizer = make_optimizer("adam", [*encoder.parameters(), *head.parameters()], config.lr, config.weight_decay)
     state = EpochState(
-        ctx.state_path,
+        ctx,
         {"encoder": encoder, "head": head, "momentum_encoder": momentum_encoder, "momentum_head": momentum_head},
         optimizer,
         extra={"queue": queue, "queue_pointer": queue_pointer},
-        started=ctx.started,
     )
     first_epoch = state.resume()
     augment = build_augmentation(config.augment, images.shape[-1]).to(device)

@@ -41,7 +41,7 @@ def pretrain_simclr(images: torch.Tensor, config: PretrainConfig, ctx: TrainCont
     head = ProjectionHead(encoder.feature_dim, encoder.feature_dim, config.projection_dim).to(device)
     parameters = [*encoder.parameters(), *head.parameters()]
     optimizer = make_optimizer("adam", parameters, config.lr, config.weight_decay)
-    state = EpochState(ctx.state_path, {"encoder": encoder, "head": head}, optimizer, started=ctx.started)
+    state = EpochState(ctx, {"encoder": encoder, "head": head}, optimizer)
     first_epoch = state.resume()
     augment = build_augmentation(config.augment, images.shape[-1]).to(device)
     n = len(images)
