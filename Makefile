@@ -36,7 +36,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 bench: setup  # the README's Speed table
-	$(BIN)/python benchmarks/throughput.py --archs small_cnn:imagenet,resnet18:imagenet,resnet18:half,resnet34:imagenet --precisions fp32,bf16
+	$(BIN)/python benchmarks/throughput.py --precisions fp32,bf16
 
 clean:
 	rm -rf runs .pytest_cache

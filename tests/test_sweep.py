@@ -9,7 +9,7 @@ import yaml
 
 from conftest import tiny_tree
 from encsteal.config import ConfigError
-from encsteal.experiments.sweep import plan, read_spec, run_sweep
+from encsteal.experiments.sweep import ResultStore, pending, plan, read_spec, run_sweep, share
 
 
 def write_sweep(tmp_path, **spec):
@@ -60,6 +60,24 @@ def test_sweep_shares_target_and_queries_records_failures_and_resumes(tmp_path, 
     said = []
     run_sweep(path, progress=False, echo=said.append)
     assert sum("skipped" in line for line in said) == 2
+
+
+
+def test_a_done_run_whose_settings_changed_is_never_skipped_silently(tmp_path):
+    path = write_sweep(tmp_path, cases={"a": {"attack.lam": 20}, "b": {}})
+    runs = tmp_path / "runs"
+    store = ResultStore(runs / "results.sqlite")
+    for run in plan(read_spec(path), runs):  # both recorded as done with the file's settings
+        store.record(run.id, "done", share(run.config, runs, True), {"queries": 1}, None, 1.0)
+        (runs / run.id).mkdir()
+    said = []
+    assert pending(path, echo=said.append)[2] == [] and len(said) == 2
+    path.write_text(path.read_text().replace("attack.lam: 20", "attack.lam: 5"))
+    with pytest.raises(ConfigError, match=r"a \(attack\.lam\).*new names.*delete their directories"):
+        pending(path, echo=said.append)
+    (runs / "a").rmdir()  # its old outputs deleted: it runs again with the new settings, b is still skipped
+    todo = pending(path, echo=said.append)[2]
+    assert [run.id for run in todo] == ["a"] and todo[0].config.attack.lam == 5
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "sweeps").rglob("*.yaml")), ids=lambda p: p.stem)

@@ -13,7 +13,8 @@
 
 Each run is `<runs_dir>/<run id>` (the case's name and the grid's values). Results go to
 `<runs_dir>/results.sqlite`, one row per run with its status, config, results and error: a finished run is
-skipped when the sweep is started again, a failing run is recorded and the others go on. Runs whose target
+skipped when the sweep is started again (unless the file now gives it other settings: then the sweep stops and
+says which), a failing run is recorded and the others go on. Runs whose target
 would be pre-trained with the same recipe share one target checkpoint under `<runs_dir>/targets/`. At the end
 `<runs_dir>/report.md`, `results.csv` and a plot are written (`encsteal report` writes them again).
 """
@@ -157,6 +158,11 @@ class ResultStore:
         row = self.db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
         return row[0] if row else None
 
+    def config(self, run_id: str) -> dict | None:
+        """The resolved config the run was recorded with (None for a run not in the store)."""
+        row = self.db.execute("SELECT config FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return yaml.safe_load(row[0]) if row and row[0] else None
+
     def record(self, run_id: str, status: str, config: Config, results: dict | None, error: str | None, seconds: float) -> None:
         with self.db:
             self.db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -213,13 +219,39 @@ def pending(path: Path, echo=print) -> tuple[SweepSpec, ResultStore, list[Planne
     runs_dir = spec.runs_dir_for(path)
     planned = plan(spec, runs_dir)
     store = ResultStore(runs_dir / "results.sqlite")
-    todo = []
+    todo, stale = [], []
     for index, run in enumerate(planned, 1):
+        config = share(run.config, runs_dir, spec.share_queries)
         if store.status(run.id) == "done":
-            echo(f"[{index}/{len(planned)}] {run.id}: done before, skipped")
-        else:
-            todo.append(PlannedRun(run.id, share(run.config, runs_dir, spec.share_queries)))
+            changed = changed_keys(store.config(run.id), yaml.safe_load(dump_config(config)))
+            if not changed:
+                echo(f"[{index}/{len(planned)}] {run.id}: done before, skipped")
+                continue
+            if (runs_dir / run.id).exists():  # its outputs are of the old settings: never overwritten unasked
+                stale.append(f"{run.id} ({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''})")
+                continue
+            echo(f"[{index}/{len(planned)}] {run.id}: settings changed and its directory is gone, run again")
+        todo.append(PlannedRun(run.id, config))
+    if stale:
+        raise ConfigError(
+            f"{path}: these runs were done with other settings than the file now gives them: {'; '.join(stale)}. "
+            f"Give the changed cases new names to keep both, or delete their directories under {runs_dir} to run them again"
+        )
     return spec, store, todo
+
+
+def changed_keys(recorded: dict | None, planned: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between a recorded and a planned config. Left out: where things lie
+    (run_dir, which follows the run's id, and data.root: the target's recipe leaves it out too), and keys only one
+    of the two has (a setting another version of encsteal added or removed; new settings keep the old behaviour)."""
+    if not isinstance(recorded, dict) or not isinstance(planned, dict):
+        return [] if recorded == planned else [prefix.rstrip(".") or "config"]
+    changed = []
+    for key in (k for k in planned if k in recorded):
+        name = f"{prefix}{key}"
+        if name not in ("run_dir", "data.root"):
+            changed += changed_keys(recorded[key], planned[key], f"{name}.")
+    return changed
 
 
 def run_sweep(path: Path, *, progress: bool = True, echo=print, executor=None) -> list[dict]:
