@@ -62,7 +62,6 @@ def test_sweep_shares_target_and_queries_records_failures_and_resumes(tmp_path, 
     assert sum("skipped" in line for line in said) == 2
 
 
-
 def test_a_done_run_whose_settings_changed_is_never_skipped_silently(tmp_path):
     path = write_sweep(tmp_path, cases={"a": {"attack.lam": 20}, "b": {}})
     runs = tmp_path / "runs"

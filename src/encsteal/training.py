@@ -150,10 +150,13 @@ class EpochState:
     def __init__(self, ctx: TrainContext, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer,
                  extra: dict[str, torch.Tensor] | None = None) -> None:
         self.ctx = ctx
-        self.path = ctx.state_path
         self.modules = modules
         self.optimizer = optimizer
         self.extra = extra if extra is not None else {}
+
+    @property
+    def path(self) -> Path | None:
+        return self.ctx.state_path
 
     def resume(self) -> int:
         """Load a saved state if there is one; returns the first epoch still to run."""

@@ -154,14 +154,10 @@ class ResultStore:
                            results TEXT, error TEXT, seconds REAL, finished REAL)""")
         self.db.commit()
 
-    def status(self, run_id: str) -> str | None:
-        row = self.db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
-        return row[0] if row else None
-
-    def config(self, run_id: str) -> dict | None:
-        """The resolved config the run was recorded with (None for a run not in the store)."""
-        row = self.db.execute("SELECT config FROM runs WHERE id = ?", (run_id,)).fetchone()
-        return yaml.safe_load(row[0]) if row and row[0] else None
+    def done_config(self, run_id: str) -> dict | None:
+        """The resolved config of a finished run (None unless the run is recorded as done)."""
+        row = self.db.execute("SELECT config FROM runs WHERE id = ? AND status = 'done'", (run_id,)).fetchone()
+        return yaml.safe_load(row[0]) if row else None
 
     def record(self, run_id: str, status: str, config: Config, results: dict | None, error: str | None, seconds: float) -> None:
         with self.db:
@@ -222,8 +218,9 @@ def pending(path: Path, echo=print) -> tuple[SweepSpec, ResultStore, list[Planne
     todo, stale = [], []
     for index, run in enumerate(planned, 1):
         config = share(run.config, runs_dir, spec.share_queries)
-        if store.status(run.id) == "done":
-            changed = changed_keys(store.config(run.id), yaml.safe_load(dump_config(config)))
+        recorded = store.done_config(run.id)
+        if recorded is not None:
+            changed = changed_keys(recorded, yaml.safe_load(dump_config(config)))
             if not changed:
                 echo(f"[{index}/{len(planned)}] {run.id}: done before, skipped")
                 continue
