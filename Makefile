@@ -36,7 +36,8 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 bench: setup  # the README's Speed table
-	$(BIN)/python benchmarks/throughput.py --precisions fp32,bf16
+	$(BIN)/python benchmarks/augmentation.py --batch 512
+	$(BIN)/python benchmarks/throughput.py --precisions fp32,bf16 --repeats 3
 
 clean:
 	rm -rf runs .pytest_cache

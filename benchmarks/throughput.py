@@ -5,16 +5,18 @@ pipeline's batches, then images/s of one epoch of SimCLR pre-training and of Sto
 random uint8 images (augmentation, batching, conversion and logging included). The ratio pipeline/raw is
 the overhead of everything around the model (goal: >= 0.85). With `--precisions fp32,bf16` each is measured
 in both arithmetics (`precision: bf16` runs the forward passes under autocast) and bf16's speed-up over fp32 is
-printed: it depends on the CPU (native bf16 instructions, AVX512-BF16 or AMX, make it pay). Prints one JSON
-line per measurement.
+printed: it depends on the CPU (native bf16 instructions, AVX512-BF16 or AMX, make it pay). On a shared
+machine one measurement can be off by a factor of two; `--repeats N` alternates raw and pipeline N times and
+prints the medians (of the images/s and of the per-round ratios). Prints one JSON line per measurement.
 
-    python benchmarks/throughput.py [--archs small_cnn:cifar,resnet18:imagenet] [--images 2048] [--precisions fp32,bf16]
+    python benchmarks/throughput.py [--archs small_cnn:cifar,resnet18:imagenet] [--images 2048] [--precisions fp32,bf16] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
@@ -74,6 +76,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2048, help="images per measured epoch")
     parser.add_argument("--raw-steps", type=int, default=8)
     parser.add_argument("--precisions", default="fp32", help="fp32, bf16 or both, comma-separated")
+    parser.add_argument("--repeats", type=int, default=1, help="alternating raw/pipeline rounds (medians are printed)")
     args = parser.parse_args()
     precisions = args.precisions.split(",")
     if not set(precisions) <= {"fp32", "bf16"}:
@@ -86,17 +89,20 @@ def main() -> None:
         for stage, batch, forward_batch, head in [("pretrain", 256, 512, True), ("steal", 64, 128, False)]:
             fp32_pipeline = None
             for precision in precisions:
-                raw = raw_images_per_s(arch, stem, forward_batch, args.raw_steps, head, precision)
-                pipeline = pipeline_images_per_s(stage, arch, stem, images, batch, precision)
+                raws, pipelines = [], []
+                for _ in range(args.repeats):  # alternating, so both see the same load
+                    raws.append(raw_images_per_s(arch, stem, forward_batch, args.raw_steps, head, precision))
+                    pipelines.append(pipeline_images_per_s(stage, arch, stem, images, batch, precision))
+                raw, pipeline = statistics.median(raws), statistics.median(pipelines)
+                ratio = statistics.median(p / r for p, r in zip(pipelines, raws))
                 line = {"arch": arch, "stem": stem, "stage": stage, "batch": batch, "precision": precision,
                         "raw_images_per_s": round(raw, 1), "pipeline_images_per_s": round(pipeline, 1),
-                        "pipeline_over_raw": round(pipeline / raw, 3)}
+                        "pipeline_over_raw": round(ratio, 3), "repeats": args.repeats}
                 if precision == "fp32":
                     fp32_pipeline = pipeline
                 elif fp32_pipeline:
                     line["bf16_over_fp32"] = round(pipeline / fp32_pipeline, 3)
                 print(json.dumps(line), flush=True)
-
 
 if __name__ == "__main__":
     main()

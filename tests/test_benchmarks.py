@@ -31,3 +31,24 @@ def test_throughput_refuses_an_unknown_precision():
     done = subprocess.run([sys.executable, str(BENCHMARKS / "throughput.py"), "--precisions", "fp16"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--precisions takes fp32 and/or bf16" in done.stderr
+
+
+def test_throughput_repeats_alternate_and_report_medians():
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "throughput.py"), "--archs", "small_cnn:imagenet", "--images", "64",
+         "--raw-steps", "1", "--repeats", "2"],
+        capture_output=True, text=True, timeout=600, check=True,
+    ).stdout
+    lines = [json.loads(line) for line in out.splitlines()[1:]]
+    assert [(l["stage"], l["repeats"]) for l in lines] == [("pretrain", 2), ("steal", 2)]
+    assert all(l["pipeline_over_raw"] > 0 for l in lines)
+
+
+def test_augmentation_benchmark_compares_every_op_with_kornia():
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "augmentation.py"), "--batch", "8", "--rounds", "1", "--calls", "1"],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout
+    lines = [json.loads(line) for line in out.splitlines()[1:]]
+    assert [l["op"] for l in lines] == ["random_resized_crop", "horizontal_flip", "color_jitter", "grayscale", "all four"]
+    assert all(l["encsteal_ms"] > 0 and l["kornia_ms"] > 0 and l["kornia_over_encsteal"] > 0 for l in lines)

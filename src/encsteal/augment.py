@@ -1,29 +1,206 @@
-"""Batched, per-sample augmentations on float image tensors in [0, 1] (kornia), one place for all of them.
+"""Batched, per-sample augmentations on float image tensors in [0, 1], one place for all of them.
 
 Names, parameters and their numbers in StolenEncoder Table VIII (the SimCLR set):
 
     1 random_resized_crop   scale (0.2, 1.0), back to image_size x image_size
     2 horizontal_flip       p 0.5
-    3 color_jitter          brightness 0.4, contrast 0.4, saturation 0.4, hue 0.1, p 0.8 (kornia ColorJitter)
+    3 color_jitter          brightness 0.4, contrast 0.4, saturation 0.4, hue 0.1, p 0.8 (torchvision's formulas)
     4 grayscale             p 0.2
 
 A pipeline applies its operations in this canonical order, whatever order they are listed in. Each image of
 a batch draws its own parameters from torch's global generator, so ``torch.manual_seed`` reproduces them.
+
+The crop is kornia's RandomResizedCrop (its box sampling, its transform matrix for inverse()), applied as one
+separable grid_sample for the whole batch where kornia solves a perspective transform per image. Flip,
+colour jitter and grayscale work on the chosen images only, where kornia transforms all of them and blends;
+the colour steps work in place, and the hue step in closed form on RGB, where kornia converts to HSV and back.
+Tests check each against kornia's output for the same parameters. On 2 CPU cores the four ops take a third of
+the time of kornia's own classes (benchmarks/augmentation.py), which is what lets the demo's small encoder
+train at close to its raw speed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import kornia.augmentation as K
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+_LUMA = (0.299, 0.587, 0.114)
+"""The grayscale weights of R, G and B (ITU-R 601), as in torchvision and kornia."""
+
+_COLOUR_CHUNK = 128
+"""Images per slice in the colour jitter: 1.5-2x faster than whole 512-image batches on a 2-core CPU."""
+
+_HEXTANTS = (5.0, 3.0, 1.0)
+"""Where red, green and blue sit on the hue hexagon, read backwards (HSV -> RGB: f(n) = V - C min(k, 4 - k))."""
+
+
+def _per_image(factor: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    return factor.to(images).view(-1, 1, 1, 1)
+
+
+def _gray(images: torch.Tensor) -> torch.Tensor:
+    """N x 1 x H x W luma of N x 3 x H x W RGB images."""
+    return (images * torch.tensor(_LUMA).to(images).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+
+
+def adjust_brightness_(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """In place: x <- clamp(f x, 0, 1), one factor f per image (torchvision's adjust_brightness)."""
+    return images.mul_(_per_image(factor, images)).clamp_(0, 1)
+
+
+def adjust_contrast_(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """In place: x <- clamp(f x + (1 - f) m, 0, 1), m the image's mean luma (torchvision's adjust_contrast).
+    The mean luma is the luma of the mean colour, so no gray image is made."""
+    mean = images.mean(dim=(2, 3)) @ torch.tensor(_LUMA).to(images)
+    factor = _per_image(factor, images)
+    return images.mul_(factor).add_((1 - factor) * mean.view(-1, 1, 1, 1)).clamp_(0, 1)
+
+
+def adjust_saturation_(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """In place: x <- clamp(f x + (1 - f) gray(x), 0, 1) (torchvision's adjust_saturation)."""
+    factor = _per_image(factor, images)
+    gray = _gray(images).mul_(1 - factor)
+    return images.mul_(factor).add_(gray).clamp_(0, 1)
+
+
+def adjust_hue_(images: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+    """Rotate the HSV hue of RGB images in [0, 1] (N x 3 x H x W) by `turns` (N, a fraction of the circle),
+    keeping value V = max(R, G, B) and chroma C = V - min(R, G, B): torchvision's adjust_hue (kornia's
+    adjust_hue with 2π turns) without the round trip through HSV. Writes the result into `images`.
+
+    Hue in sixths of the circle: h = (G - B)/C mod 6 where R is the largest, (B - R)/C + 2 where G is,
+    (R - G)/C + 4 where B is. Back to RGB at h' = h + 6 turns: channel n in (R, G, B) = (5, 3, 1) is
+    V - C clamp(min(k, 4 - k), 0, 1) with k = (n + h') mod 6. Gray pixels (C = 0) come back unchanged."""
+    red, green, blue = images.unbind(1)
+    value = images.amax(dim=1, keepdim=True)
+    chroma = value - images.amin(dim=1, keepdim=True)
+    # ties go to the first of red, green, blue, as in HSV's definition and kornia's rgb_to_hsv
+    is_red = red == value[:, 0]
+    is_green = (green == value[:, 0]) & ~is_red
+    hue = torch.where(is_red, green - blue, torch.where(is_green, blue - red + 2 * chroma[:, 0], red - green + 4 * chroma[:, 0]))
+    hue = hue.div_(chroma[:, 0].clamp_min(torch.finfo(images.dtype).tiny)).add_(6 * turns.to(images).view(-1, 1, 1))
+    k = torch.stack([hue + offset for offset in _HEXTANTS], dim=1)  # N x 3 x H x W
+    k = torch.remainder(k, 6, out=k)
+    k = torch.minimum(k, 4 - k).clamp_(0, 1)
+    return torch.sub(value, chroma * k, out=images)
+
+
+class RandomResizedCrop(K.RandomResizedCrop):
+    """kornia's RandomResizedCrop (its box sampling, its transform matrix), each box cut and resized by one
+    batched grid_sample (bilinear, corners aligned, as kornia does it)."""
+
+    def compute_transformation(self, input: torch.Tensor, params: dict[str, torch.Tensor], flags: dict[str, Any]) -> torch.Tensor:
+        # input pixel -> output pixel; an axis-aligned box needs no perspective solve
+        first, last = params["src"][:, 0].to(input), params["src"][:, 2].to(input)
+        height, width = flags["size"]
+        scale = torch.tensor([width - 1, height - 1]).to(input) / (last - first)
+        matrix = torch.zeros(len(first), 3, 3).to(input)
+        matrix[:, 0, 0], matrix[:, 1, 1], matrix[:, 2, 2] = scale[:, 0], scale[:, 1], 1
+        matrix[:, :2, 2] = -first * scale
+        return matrix
+
+    def apply_transform(self, input: torch.Tensor, params: dict[str, torch.Tensor], flags: dict[str, Any],
+                        transform: torch.Tensor | None = None) -> torch.Tensor:
+        first, last = params["src"][:, 0].to(input), params["src"][:, 2].to(input)
+        extent = torch.tensor([input.shape[-1] - 1, input.shape[-2] - 1]).to(input)
+        # output pixel -> the box in the input's [-1, 1] coordinates (align_corners=True); separable, so the
+        # grid is an outer sum instead of affine_grid's full matrix product
+        low, high = first / extent * 2 - 1, last / extent * 2 - 1
+        height, width = flags["size"]
+        steps_x = torch.linspace(0, 1, width).to(input)
+        steps_y = torch.linspace(0, 1, height).to(input)
+        grid_x = low[:, 0, None] + (high - low)[:, 0, None] * steps_x  # N x width
+        grid_y = low[:, 1, None] + (high - low)[:, 1, None] * steps_y  # N x height
+        grid = torch.stack(torch.broadcast_tensors(grid_x[:, None, :], grid_y[:, :, None]), dim=-1)
+        return F.grid_sample(input, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+class PerImage(nn.Module):
+    """An op that each image of a batch undergoes with probability p (one draw per image from torch's global
+    generator). Only the chosen images are transformed (`transform`), where kornia transforms every image
+    and blends."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.apply_(images.clone())
+
+    def apply_(self, images: torch.Tensor) -> torch.Tensor:
+        """In place on `images`, for a pipeline that owns them."""
+        chosen = torch.nonzero(torch.rand(len(images)) < self.p).squeeze(1).to(images.device)
+        images[chosen] = self.transform(images[chosen])
+        return images
+
+    def transform(self, images: torch.Tensor) -> torch.Tensor:
+        """The chosen images (a copy, free to change in place) -> their transformed versions."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class HorizontalFlip(PerImage):
+    """Mirror each image left-right with probability p."""
+
+    def transform(self, images: torch.Tensor) -> torch.Tensor:
+        return images.flip(-1)
+
+
+class Grayscale(PerImage):
+    """Replace each image by its luma in all three channels with probability p."""
+
+    def transform(self, images: torch.Tensor) -> torch.Tensor:
+        return _gray(images).expand(-1, 3, -1, -1)
+
+
+class ColorJitter(PerImage):
+    """torchvision's ColorJitter, per image: with probability p, brightness, contrast and saturation factors
+    drawn from [1 - b, 1 + b], [1 - c, 1 + c], [1 - s, 1 + s] and a hue shift from [-h, h] turns, applied in
+    one random order per call (as kornia's ColorJitter does). The chosen images are clamped to [0, 1] first
+    and stay there."""
+
+    STEPS = (adjust_brightness_, adjust_contrast_, adjust_saturation_, adjust_hue_)
+
+    def __init__(self, brightness: float, contrast: float, saturation: float, hue: float, p: float) -> None:
+        super().__init__(p)
+        self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
+
+    def transform(self, images: torch.Tensor) -> torch.Tensor:
+        n = len(images)
+        factors = [torch.empty(n).uniform_(1 - self.brightness, 1 + self.brightness),
+                   torch.empty(n).uniform_(1 - self.contrast, 1 + self.contrast),
+                   torch.empty(n).uniform_(1 - self.saturation, 1 + self.saturation),
+                   torch.empty(n).uniform_(-self.hue, self.hue)]
+        return self.apply(images.clamp_(0, 1), factors, torch.randperm(4).tolist())
+
+    @classmethod
+    def apply(cls, images: torch.Tensor, factors: Sequence[torch.Tensor], order: Sequence[int]) -> torch.Tensor:
+        """The steps (0 brightness, 1 contrast, 2 saturation, 3 hue) in `order`, with one factor per image
+        each, in place on `images` (values in [0, 1])."""
+        # a few images at a time, so that the steps' temporaries stay in the CPU's cache
+        for start in range(0, len(images), _COLOUR_CHUNK):
+            part = images[start : start + _COLOUR_CHUNK]
+            for index in order:
+                cls.STEPS[index](part, factors[index][start : start + _COLOUR_CHUNK])
+        return images
+
+    def extra_repr(self) -> str:
+        return (f"brightness={self.brightness}, contrast={self.contrast}, saturation={self.saturation}, "
+                f"hue={self.hue}, p={self.p}")
+
+
 AUGMENTATIONS: dict[str, Callable[[int], nn.Module]] = {
-    "random_resized_crop": lambda size: K.RandomResizedCrop((size, size), scale=(0.2, 1.0)),
-    "horizontal_flip": lambda size: K.RandomHorizontalFlip(p=0.5),
-    "color_jitter": lambda size: K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8),
-    "grayscale": lambda size: K.RandomGrayscale(p=0.2),
+    "random_resized_crop": lambda size: RandomResizedCrop((size, size), scale=(0.2, 1.0)),
+    "horizontal_flip": lambda size: HorizontalFlip(p=0.5),
+    "color_jitter": lambda size: ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8),
+    "grayscale": lambda size: Grayscale(p=0.2),
 }
 """name -> factory(image_size), in canonical order."""
 
@@ -55,7 +232,8 @@ def parse_augment(spec: str | Sequence[str]) -> list[str]:
 
 
 class Augmentation(nn.Sequential):
-    """The kornia operations in canonical order; checks its input is an N x C x H x W float batch."""
+    """The operations in canonical order; checks its input is an N x C x H x W float batch and leaves it
+    unchanged. The per-image ops work in place on one copy (a new 512-image batch per op costs page faults)."""
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if not images.is_floating_point():
@@ -63,7 +241,14 @@ class Augmentation(nn.Sequential):
                             "convert uint8 batches with images.float() / 255")
         if images.dim() != 4:
             raise ValueError(f"augmentations expect an N x C x H x W batch, got shape {tuple(images.shape)}")
-        return super().forward(images)
+        owned = False
+        for op in self:
+            if isinstance(op, PerImage):
+                images = op.apply_(images if owned else images.clone())
+            else:
+                images = op(images)  # a new tensor
+            owned = True
+        return images
 
 
 def build_augmentation(names: Sequence[str], image_size: int) -> nn.Module:
@@ -74,4 +259,6 @@ def build_augmentation(names: Sequence[str], image_size: int) -> nn.Module:
     return Augmentation(*ops) if ops else nn.Identity()
 
 
-__all__ = ["AUGMENTATIONS", "BY_NUMBER", "Augmentation", "build_augmentation", "parse_augment"]
+__all__ = ["AUGMENTATIONS", "BY_NUMBER", "Augmentation", "ColorJitter", "Grayscale", "HorizontalFlip", "PerImage",
+           "RandomResizedCrop", "adjust_brightness_", "adjust_contrast_", "adjust_hue_", "adjust_saturation_",
+           "build_augmentation", "parse_augment"]

@@ -82,7 +82,7 @@ def pretrain_moco(images: torch.Tensor, config: PretrainConfig, ctx: TrainContex
             for step, index in enumerate(minibatches(n, config.batch_size, generator), start=epoch * steps):
                 set_lr(optimizer, scheduled_lr(config.lr, config.lr_schedule, step, config.epochs * steps))
                 x = to_float_batch(images[index], device)
-                x_q, x_k = channels_last(augment(x)), channels_last(augment(x))
+                x_q, x_k = (channels_last(view) for view in augment(torch.cat([x, x])).chunk(2))
                 queries = head(encoder(x_q))
                 with torch.no_grad():
                     torch._foreach_mul_(momentum, config.moco_momentum)

@@ -57,7 +57,7 @@ def pretrain_simclr(images: torch.Tensor, config: PretrainConfig, ctx: TrainCont
             for step, index in enumerate(minibatches(n, config.batch_size, generator), start=epoch * steps):
                 set_lr(optimizer, scheduled_lr(config.lr, config.lr_schedule, step, config.epochs * steps))
                 x = to_float_batch(images[index], device)
-                first_view, second_view = augment(x), augment(x)
+                first_view, second_view = augment(torch.cat([x, x])).chunk(2)  # one call, every row its own draw
                 # this rank's slice of both views (all of them in one process); NT-Xent on the whole batch
                 with ctx.autocast():
                     part = model(channels_last(torch.cat([shard(first_view, dist), shard(second_view, dist)])))
