@@ -14,9 +14,9 @@ The crop is kornia's RandomResizedCrop (its box sampling, its transform matrix f
 separable grid_sample for the whole batch where kornia solves a perspective transform per image. Flip,
 colour jitter and grayscale work on the chosen images only, where kornia transforms all of them and blends;
 the colour steps work in place, and the hue step in closed form on RGB, where kornia converts to HSV and back.
-Tests check each against kornia's output for the same parameters. On 2 CPU cores the four ops take a third of
-the time of kornia's own classes (benchmarks/augmentation.py), which is what lets the demo's small encoder
-train at close to its raw speed.
+Tests check each against kornia's output for the same parameters. On 2 CPU cores the four ops take a quarter
+to a third of the time of kornia's own classes (benchmarks/augmentation.py), which brings the demo's small
+encoder closer to its raw training speed.
 """
 
 from __future__ import annotations
