@@ -1,9 +1,10 @@
 """encsteal's augmentations against kornia's stock ones, on the same batch, in the same run.
 
 For each op of Table VIII and for all four together: milliseconds per call of encsteal's op (`encsteal.augment`:
-kornia's parameters and gates, faster arithmetic for the crop and the hue step) and of the kornia class it
-derives from, timed in alternation so both see the same load, and the median of the per-round ratios
-(kornia / encsteal: above 1, encsteal is faster). Prints one JSON line per op.
+kornia's crop boxes with one grid_sample; flip, colour jitter and grayscale on the chosen images only, the
+colour steps in place) and of kornia's class with the same settings, timed in alternation so both see the
+same load, and the median of the per-round ratios (kornia / encsteal: above 1, encsteal is faster). Prints
+one JSON line per op.
 
     python benchmarks/augmentation.py [--batch 256] [--size 32] [--rounds 15]
 """

@@ -104,5 +104,6 @@ def main() -> None:
                     line["bf16_over_fp32"] = round(pipeline / fp32_pipeline, 3)
                 print(json.dumps(line), flush=True)
 
+
 if __name__ == "__main__":
     main()

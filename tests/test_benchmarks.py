@@ -10,13 +10,16 @@ import pytest
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 
 
+def run_benchmark(script: str, *args: str, timeout: int = 600) -> list[dict]:
+    """The benchmark's printed JSON lines (its header first)."""
+    out = subprocess.run([sys.executable, str(BENCHMARKS / script), *args],
+                         capture_output=True, text=True, timeout=timeout, check=True).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
 def test_throughput_prints_pipeline_and_raw_rates_in_both_precisions():
-    out = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "throughput.py"), "--archs", "small_cnn:imagenet", "--images", "128",
-         "--raw-steps", "1", "--precisions", "fp32,bf16"],
-        capture_output=True, text=True, timeout=600, check=True,
-    ).stdout
-    header, *lines = [json.loads(line) for line in out.splitlines()]
+    header, *lines = run_benchmark("throughput.py", "--archs", "small_cnn:imagenet", "--images", "128", "--raw-steps", "1",
+                                   "--precisions", "fp32,bf16")
     assert header["images"] == 128
     assert [(l["stage"], l["precision"]) for l in lines] == [("pretrain", "fp32"), ("pretrain", "bf16"),
                                                              ("steal", "fp32"), ("steal", "bf16")]
@@ -34,21 +37,13 @@ def test_throughput_refuses_an_unknown_precision():
 
 
 def test_throughput_repeats_alternate_and_report_medians():
-    out = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "throughput.py"), "--archs", "small_cnn:imagenet", "--images", "64",
-         "--raw-steps", "1", "--repeats", "2"],
-        capture_output=True, text=True, timeout=600, check=True,
-    ).stdout
-    lines = [json.loads(line) for line in out.splitlines()[1:]]
+    _, *lines = run_benchmark("throughput.py", "--archs", "small_cnn:imagenet", "--images", "64", "--raw-steps", "1",
+                              "--repeats", "2")
     assert [(l["stage"], l["repeats"]) for l in lines] == [("pretrain", 2), ("steal", 2)]
     assert all(l["pipeline_over_raw"] > 0 for l in lines)
 
 
 def test_augmentation_benchmark_compares_every_op_with_kornia():
-    out = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "augmentation.py"), "--batch", "8", "--rounds", "1", "--calls", "1"],
-        capture_output=True, text=True, timeout=300, check=True,
-    ).stdout
-    lines = [json.loads(line) for line in out.splitlines()[1:]]
+    _, *lines = run_benchmark("augmentation.py", "--batch", "8", "--rounds", "1", "--calls", "1", timeout=300)
     assert [l["op"] for l in lines] == ["random_resized_crop", "horizontal_flip", "color_jitter", "grayscale", "all four"]
     assert all(l["encsteal_ms"] > 0 and l["kornia_ms"] > 0 and l["kornia_over_encsteal"] > 0 for l in lines)

@@ -21,6 +21,7 @@ encoder closer to its raw training speed.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -94,9 +95,14 @@ class RandomResizedCrop(K.RandomResizedCrop):
     """kornia's RandomResizedCrop (its box sampling, its transform matrix), each box cut and resized by one
     batched grid_sample (bilinear, corners aligned, as kornia does it)."""
 
+    @staticmethod
+    def _corners(params: dict[str, torch.Tensor], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each box's top-left and bottom-right corners (x, y), N x 2 each, in input pixels."""
+        return params["src"][:, 0].to(like), params["src"][:, 2].to(like)
+
     def compute_transformation(self, input: torch.Tensor, params: dict[str, torch.Tensor], flags: dict[str, Any]) -> torch.Tensor:
         # input pixel -> output pixel; an axis-aligned box needs no perspective solve
-        first, last = params["src"][:, 0].to(input), params["src"][:, 2].to(input)
+        first, last = self._corners(params, input)
         height, width = flags["size"]
         scale = torch.tensor([width - 1, height - 1]).to(input) / (last - first)
         matrix = torch.zeros(len(first), 3, 3).to(input)
@@ -106,7 +112,7 @@ class RandomResizedCrop(K.RandomResizedCrop):
 
     def apply_transform(self, input: torch.Tensor, params: dict[str, torch.Tensor], flags: dict[str, Any],
                         transform: torch.Tensor | None = None) -> torch.Tensor:
-        first, last = params["src"][:, 0].to(input), params["src"][:, 2].to(input)
+        first, last = self._corners(params, input)
         extent = torch.tensor([input.shape[-1] - 1, input.shape[-2] - 1]).to(input)
         # output pixel -> the box in the input's [-1, 1] coordinates (align_corners=True); separable, so the
         # grid is an outer sum instead of affine_grid's full matrix product
@@ -120,7 +126,7 @@ class RandomResizedCrop(K.RandomResizedCrop):
         return F.grid_sample(input, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
-class PerImage(nn.Module):
+class PerImage(nn.Module, ABC):
     """An op that each image of a batch undergoes with probability p (one draw per image from torch's global
     generator). Only the chosen images are transformed (`transform`), where kornia transforms every image
     and blends."""
@@ -138,9 +144,9 @@ class PerImage(nn.Module):
         images[chosen] = self.transform(images[chosen])
         return images
 
+    @abstractmethod
     def transform(self, images: torch.Tensor) -> torch.Tensor:
         """The chosen images (a copy, free to change in place) -> their transformed versions."""
-        raise NotImplementedError
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -178,10 +184,10 @@ class ColorJitter(PerImage):
                    torch.empty(n).uniform_(1 - self.contrast, 1 + self.contrast),
                    torch.empty(n).uniform_(1 - self.saturation, 1 + self.saturation),
                    torch.empty(n).uniform_(-self.hue, self.hue)]
-        return self.apply(images.clamp_(0, 1), factors, torch.randperm(4).tolist())
+        return self.apply_steps(images.clamp_(0, 1), factors, torch.randperm(4).tolist())
 
     @classmethod
-    def apply(cls, images: torch.Tensor, factors: Sequence[torch.Tensor], order: Sequence[int]) -> torch.Tensor:
+    def apply_steps(cls, images: torch.Tensor, factors: Sequence[torch.Tensor], order: Sequence[int]) -> torch.Tensor:
         """The steps (0 brightness, 1 contrast, 2 saturation, 3 hue) in `order`, with one factor per image
         each, in place on `images` (values in [0, 1])."""
         # a few images at a time, so that the steps' temporaries stay in the CPU's cache
