@@ -3,8 +3,9 @@
 For each op of Table VIII and for all four together: milliseconds per call of encsteal's op (`encsteal.augment`:
 kornia's crop boxes with one grid_sample; flip, colour jitter and grayscale on the chosen images only, the
 colour steps in place) and of kornia's class with the same settings, timed in alternation so both see the
-same load, and the median of the per-round ratios (kornia / encsteal: above 1, encsteal is faster). Prints
-one JSON line per op.
+same load, and the median of the per-round ratios (kornia / encsteal: above 1, encsteal is faster). Both run
+with freed memory kept for reuse, as in an encsteal run (`encsteal.training.keep_freed_memory`). Prints one
+JSON line per op.
 
     python benchmarks/augmentation.py [--batch 256] [--size 32] [--rounds 15]
 """
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from encsteal.augment import AUGMENTATIONS, build_augmentation
+from encsteal.training import keep_freed_memory
 
 STOCK: dict[str, Callable[[int], nn.Module]] = {
     "random_resized_crop": lambda size: K.RandomResizedCrop((size, size), scale=(0.2, 1.0)),
@@ -58,9 +60,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15, help="alternating timing rounds (the median is printed)")
     parser.add_argument("--calls", type=int, default=10, help="calls per round")
     args = parser.parse_args()
+    kept = keep_freed_memory()
     torch.manual_seed(0)
     images = torch.rand(args.batch, 3, args.size, args.size)
-    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
+    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "freed_memory_kept": kept}), flush=True)
     for name in AUGMENTATIONS:
         line = compare(name, AUGMENTATIONS[name](args.size), STOCK[name](args.size), images, args.rounds, args.calls)
         print(json.dumps(line), flush=True)

@@ -7,9 +7,11 @@ the overhead of everything around the model (goal: >= 0.85). With `--precisions 
 in both arithmetics (`precision: bf16` runs the forward passes under autocast) and bf16's speed-up over fp32 is
 printed: it depends on the CPU (native bf16 instructions, AVX512-BF16 or AMX, make it pay). On a shared
 machine one measurement can be off by a factor of two; `--repeats N` alternates raw and pipeline N times and
-prints the medians (of the images/s and of the per-round ratios). Prints one JSON line per measurement.
+prints the medians (of the images/s and of the per-round ratios). Both run, as every encsteal run does, with
+freed memory kept for reuse (`encsteal.training.keep_freed_memory`); `--malloc-defaults` leaves glibc's malloc
+as it is, to measure what that buys. Prints one JSON line per measurement.
 
-    python benchmarks/throughput.py [--archs small_cnn:cifar,resnet18:imagenet] [--images 2048] [--precisions fp32,bf16] [--repeats 3]
+    python benchmarks/throughput.py [--archs small_cnn:cifar,resnet18:imagenet] [--images 2048] [--precisions fp32,bf16] [--repeats 3] [--malloc-defaults]
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from encsteal.models import build_encoder
 from encsteal.models.heads import ProjectionHead
 from encsteal.pretrain import pretrain_simclr
 from encsteal.target import LocalTarget
-from encsteal.training import TrainContext, channels_last
+from encsteal.training import TrainContext, channels_last, keep_freed_memory
 
 # the demo's encoder, ResNet18 with both stems the fmnist-bench presets use, and the paper's copy: the README's Speed table
 DEFAULT_ARCHS = "small_cnn:imagenet,resnet18:imagenet,resnet18:half,resnet34:imagenet"
@@ -77,12 +79,15 @@ def main() -> None:
     parser.add_argument("--raw-steps", type=int, default=8)
     parser.add_argument("--precisions", default="fp32", help="fp32, bf16 or both, comma-separated")
     parser.add_argument("--repeats", type=int, default=1, help="alternating raw/pipeline rounds (medians are printed)")
+    parser.add_argument("--malloc-defaults", action="store_true", help="leave glibc's malloc returning freed memory to the OS")
     args = parser.parse_args()
     precisions = args.precisions.split(",")
     if not set(precisions) <= {"fp32", "bf16"}:
         parser.error(f"--precisions takes fp32 and/or bf16, not {args.precisions}")
     images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "images": args.images}), flush=True)
+    kept = False if args.malloc_defaults else keep_freed_memory()
+    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "images": args.images,
+                      "freed_memory_kept": kept}), flush=True)
     for pair in args.archs.split(","):
         arch, stem = pair.split(":")
         # SimCLR: batch 256 images -> 512 views through encoder + head; StolenEncoder: batch 64 -> 128 (x and A(x)).

@@ -76,6 +76,13 @@ def test_surrogate_size_as_share_of_pretraining_set():
     assert config_from_dict({"surrogate": {"scenario": "subset", "size": 300}}).surrogate.count(60000) == 300
 
 
+def test_view_size_needs_the_crop():
+    with pytest.raises(ConfigError, match="pretrain.view_size.*random_resized_crop"):
+        load_config("demo", ["pretrain.view_size=16", "pretrain.augment=[horizontal_flip]"])
+    with pytest.raises(ConfigError, match="pretrain.view_size"):
+        load_config("demo", ["pretrain.view_size=4"])
+
+
 def test_surrogate_scenario_source_rules():
     with pytest.raises(ConfigError, match="needs surrogate.dataset"):
         config_from_dict({"surrogate": {"scenario": "different-distribution", "dataset": None}})

@@ -79,3 +79,26 @@ def test_moco_loss_closed_form():
     tau = 0.2
     expected = -torch.log(torch.exp(torch.tensor(1 / tau)) / (torch.exp(torch.tensor(1 / tau)) + 3))
     assert moco_loss(q, q, queue, tau).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("method", sorted(PRETRAINERS))
+def test_smaller_views_train_an_encoder_used_at_full_size(method, images, monkeypatch):
+    sizes = []
+    real_forward = Encoder.forward
+
+    def recording_forward(self, batch):
+        sizes.append(batch.shape[-1])
+        return real_forward(self, batch)
+
+    monkeypatch.setattr(Encoder, "forward", recording_forward)
+    config = PretrainConfig(method=method, arch="small_cnn", epochs=1, batch_size=16, moco_queue=16, view_size=16)
+    encoder = PRETRAINERS[method](images, config, TrainContext(device=torch.device("cpu"), seed=0, progress=False))
+    assert sizes and set(sizes) == {16}  # every training view is 16 x 16
+    with torch.inference_mode():
+        assert encoder(images[:4].float() / 255).shape == (4, encoder.feature_dim)
+
+
+def test_view_size_is_recorded_only_when_set():
+    # checkpoints made before the setting existed still match their presets
+    assert "view_size" not in PretrainConfig().recipe()
+    assert PretrainConfig(view_size=24).recipe()["view_size"] == 24

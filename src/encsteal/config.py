@@ -90,6 +90,10 @@ class PretrainConfig(Section):
     temperature: float = Field(0.5, gt=0)
     projection_dim: int = Field(128, ge=1)
     augment: list[str] = ["random_resized_crop", "horizontal_flip", "color_jitter", "grayscale"]
+    view_size: int | None = Field(None, ge=8)
+    """The side of the augmented views the encoder trains on (the crop's output); None: the images' own size.
+    Smaller views cost less per step (FixRes, Touvron et al. 2019: a random crop enlarges objects, so
+    training below the test resolution keeps their apparent size); the encoder is used at the images' size."""
     moco_queue: int = Field(4096, ge=1)
     moco_momentum: float = Field(0.99, ge=0, lt=1)
 
@@ -103,6 +107,17 @@ class PretrainConfig(Section):
     _check_arch = field_validator("arch")(_architecture)
     _check_dataset = field_validator("dataset")(_dataset)
     _check_augment = field_validator("augment")(_augmentations)
+
+    def recipe(self) -> dict:
+        """These settings as recorded beside a target's checkpoint. A setting added after checkpoints were made
+        is left out while at its default, so that those checkpoints still match their presets."""
+        return self.model_dump(mode="json", exclude={"view_size"} if self.view_size is None else None)
+
+    @model_validator(mode="after")
+    def _check_view_size(self) -> PretrainConfig:
+        if self.view_size is not None and "random_resized_crop" not in self.augment:
+            raise ValueError("pretrain.view_size sets the crop's output size: it needs random_resized_crop in pretrain.augment")
+        return self
 
 
 class TargetConfig(Section):

@@ -32,7 +32,7 @@ from encsteal.target import Target
 from encsteal.training import (
     EpochState,
     TrainContext,
-    channels_last,
+    channels_last_cat,
     make_optimizer,
     minibatches,
     scheduled_lr,
@@ -97,7 +97,7 @@ def _train(
                 # One forward pass over the clean batch and all its views: one graph, k + 1 times the batch
                 # (under torchrun, this rank's slice of each, gathered back into the whole batch).
                 with ctx.autocast():
-                    part = model(channels_last(torch.cat([shard(t, dist) for t in (x, *augmented)])))
+                    part = model(channels_last_cat([shard(t, dist) for t in (x, *augmented)]))
                 part = part.float()
                 if dist.active:
                     out = _prepare(torch.cat([gather(p, dist) for p in part.tensor_split(1 + views)]), config)

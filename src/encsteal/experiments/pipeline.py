@@ -39,7 +39,7 @@ from encsteal.service.client import HttpTarget
 from encsteal.service.ledger import Ledger
 from encsteal.service.server import ServeSettings, ServerProcess
 from encsteal.target import LocalTarget, Target
-from encsteal.training import MetricsLog, TrainContext, resolve_device, seed_everything
+from encsteal.training import MetricsLog, TrainContext, keep_freed_memory, resolve_device, seed_everything
 
 
 class RunDirError(EncstealError):
@@ -60,6 +60,7 @@ class Run:
     @classmethod
     def open(cls, config: Config, progress: bool = True) -> Run:
         device = resolve_device(config.device)
+        keep_freed_memory()  # each training step's tensors reuse the last step's memory instead of faulting in new pages
         dist = from_env(device.type)
         if dist.active and device.type == "cuda":
             device = torch.device("cuda", dist.local_rank)
@@ -140,7 +141,7 @@ def pretrain(run: Run) -> Path:
         if not config.target.checkpoint.exists():
             raise ConfigError(f"target.checkpoint: {config.target.checkpoint} does not exist")
         return config.target.checkpoint
-    recipe = {"pretrain": config.pretrain.model_dump(mode="json"), "data": config.data.model_dump(mode="json", exclude={"root"}), "seed": config.seed}
+    recipe = {"pretrain": config.pretrain.recipe(), "data": config.data.model_dump(mode="json", exclude={"root"}), "seed": config.seed}
     if _reusable(run.target_path, recipe, "target encoder"):
         return run.target_path
     seed_everything(config.seed)

@@ -127,7 +127,7 @@ def share(config: Config, runs_dir: Path, share_queries: bool) -> Config:
     """Point the run at the sweep's shared target checkpoint, query cache and probe cache."""
     update = {}
     if config.target.checkpoint is None and config.target.kind != "http":
-        recipe = {"pretrain": config.pretrain.model_dump(mode="json"), "data": config.data.model_dump(mode="json"),
+        recipe = {"pretrain": config.pretrain.recipe(), "data": config.data.model_dump(mode="json"),
                   "seed": config.seed}
         update["checkpoint"] = runs_dir / "targets" / _digest(recipe) / "target.safetensors"
     if share_queries and config.target.query_cache is None:

@@ -22,7 +22,7 @@ from encsteal.progress import progress_bar
 from encsteal.training import (
     EpochState,
     TrainContext,
-    channels_last,
+    channels_last_cat,
     make_optimizer,
     minibatches,
     scheduled_lr,
@@ -43,7 +43,7 @@ def pretrain_simclr(images: torch.Tensor, config: PretrainConfig, ctx: TrainCont
     optimizer = make_optimizer("adam", parameters, config.lr, config.weight_decay)
     state = EpochState(ctx, {"encoder": encoder, "head": head}, optimizer)
     first_epoch = state.resume()
-    augment = build_augmentation(config.augment, images.shape[-1]).to(device)
+    augment = build_augmentation(config.augment, config.view_size or images.shape[-1]).to(device)
     n = len(images)
     steps = steps_per_epoch(n, config.batch_size)
     check_batch(config.batch_size, n, dist, "pretrain.batch_size")
@@ -60,7 +60,7 @@ def pretrain_simclr(images: torch.Tensor, config: PretrainConfig, ctx: TrainCont
                 first_view, second_view = augment(torch.cat([x, x])).chunk(2)  # one call, every row its own draw
                 # this rank's slice of both views (all of them in one process); NT-Xent on the whole batch
                 with ctx.autocast():
-                    part = model(channels_last(torch.cat([shard(first_view, dist), shard(second_view, dist)])))
+                    part = model(channels_last_cat([shard(first_view, dist), shard(second_view, dist)]))
                 first, second = (gather(p, dist) for p in part.float().chunk(2))
                 loss = nt_xent(first, second, config.temperature)
                 optimizer.zero_grad(set_to_none=True)
