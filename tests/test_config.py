@@ -83,6 +83,15 @@ def test_view_size_needs_the_crop():
         load_config("demo", ["pretrain.view_size=4"])
 
 
+def test_small_views_need_the_crop_and_simclr():
+    with pytest.raises(ConfigError, match="pretrain.small_views.*random_resized_crop"):
+        load_config("demo", ["pretrain.small_views=2", "pretrain.augment=[horizontal_flip]"])
+    with pytest.raises(ConfigError, match="pretrain.small_views.*simclr, not moco"):
+        load_config("demo", ["pretrain.small_views=2", "pretrain.method=moco"])
+    with pytest.raises(ConfigError, match="pretrain.small_view_size"):
+        load_config("demo", ["pretrain.small_views=2", "pretrain.small_view_size=4"])
+
+
 def test_surrogate_scenario_source_rules():
     with pytest.raises(ConfigError, match="needs surrogate.dataset"):
         config_from_dict({"surrogate": {"scenario": "different-distribution", "dataset": None}})
@@ -116,3 +125,11 @@ def test_unusable_device_is_a_clear_error(device, message):
         pytest.skip("this machine has CUDA")
     with pytest.raises(ConfigError, match=message):
         resolve_device(device)
+
+
+def test_probe_reads_the_older_standardize_key():
+    # resolved configs in run directories written before `features` existed
+    assert config_from_dict({"evaluate": {"probe": {"standardize": False}}}).evaluate.probe.features == "raw"
+    assert config_from_dict({"evaluate": {"probe": {"standardize": True}}}).evaluate.probe.features == "standardize"
+    with pytest.raises(ConfigError, match="features alone"):
+        config_from_dict({"evaluate": {"probe": {"standardize": True, "features": "l2"}}})

@@ -18,34 +18,42 @@ from torch import nn
 
 from conftest import tiny_tree
 from encsteal.distributed import Dist, SharedAnswers, gather, shard, wrap
-from encsteal.losses import nt_xent
+from encsteal.losses import multi_crop_nt_xent, nt_xent
+from encsteal.pretrain.simclr import EachBatch
 
 
 def _batch():
     torch.manual_seed(0)
-    return torch.randn(8, 5), torch.randn(8, 5)
+    return torch.randn(8, 5), torch.randn(8, 5), torch.randn(16, 5)
 
 
-def _model():
+def _model(multi_crop: bool):
     torch.manual_seed(1)
-    return nn.Linear(5, 4)
+    return EachBatch(nn.Linear(5, 4)) if multi_crop else nn.Linear(5, 4)
 
 
-def _loss(model, x, y, dist):
-    """NT-Xent between two 'views': negatives span the whole batch, so a slice alone would give another loss."""
-    out = model(torch.cat([shard(x, dist), shard(y, dist)]))
-    first, second = (gather(part, dist) for part in out.chunk(2))
-    return nt_xent(first, second, 0.5)
+def _loss(model, x, y, small, dist, multi_crop):
+    """NT-Xent between two 'views': negatives span the whole batch, so a slice alone would give another loss.
+    Multi-crop: also two small 'crops' (rows of `small`), run as a second batch in the same forward call."""
+    full_batch = torch.cat([shard(x, dist), shard(y, dist)])
+    if not multi_crop:
+        first, second = (gather(part, dist) for part in model(full_batch).chunk(2))
+        return nt_xent(first, second, 0.5)
+    full, crops = model([full_batch, torch.cat([shard(crop, dist) for crop in small.chunk(2)])])
+    return multi_crop_nt_xent([gather(p, dist) for p in full.chunk(2)], [gather(p, dist) for p in crops.chunk(2)], 0.5)
 
 
-def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+def _weight(model):
+    return model.model.weight if isinstance(model, EachBatch) else model.weight
+
+
+def _worker(rank: int, world: int, init_file: str, out_dir: str, multi_crop: bool) -> None:
     torch_dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     dist = Dist(rank=rank, world=world)
-    model = wrap(_model(), dist, torch.device("cpu"))
-    x, y = _batch()
-    _loss(model, x, y, dist).backward()
+    model = wrap(_model(multi_crop), dist, torch.device("cpu"))
+    _loss(model, *_batch(), dist, multi_crop).backward()
     answers = SharedAnswers(FakeTarget() if rank == 0 else None, dist).embed(torch.zeros(3, 3, 4, 4, dtype=torch.uint8))
-    torch.save({"grad": model.module.weight.grad, "answers": answers}, f"{out_dir}/rank{rank}.pt")
+    torch.save({"grad": _weight(model.module).grad, "answers": answers}, f"{out_dir}/rank{rank}.pt")
     torch_dist.destroy_process_group()
 
 
@@ -59,13 +67,14 @@ class FakeTarget:
         return torch.arange(len(images) * 2, dtype=torch.float32).reshape(len(images), 2)
 
 
-def test_two_processes_give_the_one_process_gradient_and_share_the_answers(tmp_path):
-    model = _model()
-    _loss(model, *_batch(), Dist()).backward()
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("multi_crop", [False, True])
+def test_two_processes_give_the_one_process_gradient_and_share_the_answers(multi_crop, tmp_path):
+    model = _model(multi_crop)
+    _loss(model, *_batch(), Dist(), multi_crop).backward()
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path), multi_crop), nprocs=2, join=True)
     for rank in range(2):
         saved = torch.load(tmp_path / f"rank{rank}.pt")
-        torch.testing.assert_close(saved["grad"], model.weight.grad, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(saved["grad"], _weight(model).grad, rtol=1e-5, atol=1e-6)
         assert saved["answers"].tolist() == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
 
 

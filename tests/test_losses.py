@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from encsteal.losses import DISTANCES, cosine_distance, l1_distance, l2_distance, nt_xent
+from encsteal.losses import DISTANCES, cosine_distance, l1_distance, l2_distance, multi_crop_nt_xent, nt_xent
 
 
 def test_distances_known_values():
@@ -82,3 +82,23 @@ def test_nt_xent_closed_forms():
 def test_nt_xent_shape_mismatch():
     with pytest.raises(ValueError, match="same shape"):
         nt_xent(torch.randn(3, 4), torch.randn(2, 4))
+
+
+def test_multi_crop_nt_xent_closed_forms():
+    tau = 0.5
+    torch.manual_seed(3)
+    a, b = torch.randn(6, 3), torch.randn(6, 3)
+    assert multi_crop_nt_xent([a, b], [], tau).item() == pytest.approx(nt_xent(a, b, tau).item(), rel=1e-6)  # k = 0
+    # Two images, each with full crops and one small crop along its own axis, and one small crop along an axis no
+    # other view shares. Pairs with the agreeing crop: positive 1/τ against two negatives at 0. Pairs with the
+    # lone crop: all three similarities 0, so log 3. Had the two small crops been paired, a sixth log 3 would count.
+    full = torch.eye(8)[:2]
+    agreeing, lone = torch.eye(8)[:2], torch.eye(8)[4:6]
+    paired = -math.log(math.exp(1 / tau) / (math.exp(1 / tau) + 2))
+    expected = (paired + 2 * paired + 2 * math.log(3)) / 5
+    assert multi_crop_nt_xent([full, full], [agreeing, lone], tau).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_multi_crop_nt_xent_needs_two_full_crops():
+    with pytest.raises(ValueError, match="exactly two full crops"):
+        multi_crop_nt_xent([torch.randn(3, 4)], [torch.randn(3, 4)])

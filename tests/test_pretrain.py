@@ -98,7 +98,38 @@ def test_smaller_views_train_an_encoder_used_at_full_size(method, images, monkey
         assert encoder(images[:4].float() / 255).shape == (4, encoder.feature_dim)
 
 
-def test_view_size_is_recorded_only_when_set():
-    # checkpoints made before the setting existed still match their presets
-    assert "view_size" not in PretrainConfig().recipe()
+def test_view_sizes_are_recorded_only_when_set():
+    # checkpoints made before the settings existed still match their presets
+    assert not {"view_size", "small_views", "small_view_size"} & set(PretrainConfig().recipe())
     assert PretrainConfig(view_size=24).recipe()["view_size"] == 24
+    assert PretrainConfig(small_views=2).recipe().items() >= {"small_views": 2, "small_view_size": 16}.items()
+
+
+def test_multi_crop_trains_on_full_and_small_views(images, monkeypatch, tmp_path):
+    sizes = []
+    real_forward = Encoder.forward
+
+    def recording_forward(self, batch):
+        sizes.append((len(batch), batch.shape[-1]))
+        return real_forward(self, batch)
+
+    monkeypatch.setattr(Encoder, "forward", recording_forward)
+    config = PretrainConfig(arch="small_cnn", epochs=1, batch_size=16, view_size=24, small_views=3, small_view_size=12)
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    PRETRAINERS["simclr"](images, config, TrainContext(device=torch.device("cpu"), seed=0, log=log, progress=False))
+    # each step: both full views of the 16 images in one batch, then their three small crops in another
+    assert set(sizes) == {(32, 24), (48, 12)} and len(sizes) == 2 * 2
+    assert torch.isfinite(torch.tensor(json.loads((tmp_path / "metrics.jsonl").read_text())["loss"]))
+
+
+def test_multi_crop_resumes_to_the_same_encoder(images, tmp_path):
+    config = PretrainConfig(arch="small_cnn", epochs=2, batch_size=16, small_views=2, small_view_size=12)
+    cpu = torch.device("cpu")
+    straight = PRETRAINERS["simclr"](images, config, TrainContext(device=cpu, seed=0, progress=False))
+    state = tmp_path / "state.pt"
+    with pytest.raises(Killed):
+        PRETRAINERS["simclr"](images, config, TrainContext(device=cpu, seed=0, state_path=state, log=kill_after_first_epoch, progress=False))
+    resumed = PRETRAINERS["simclr"](images, config, TrainContext(device=cpu, seed=0, state_path=state, progress=False))
+    x = torch.rand(4, 3, 32, 32)
+    with torch.inference_mode():
+        assert torch.allclose(straight(x), resumed(x), atol=1e-5)

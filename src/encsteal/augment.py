@@ -210,8 +210,14 @@ class ColorJitter(PerImage):
                 f"hue={self.hue}, p={self.p}")
 
 
+CROP_SCALE = (0.2, 1.0)
+"""The crop's share of the image area (MoCo v2's and StolenEncoder's; SimCLR's own is 0.08-1)."""
+SMALL_CROP_SCALE = (0.05, 0.2)
+"""The small crops of multi-crop (pretrain.small_views): the parts of an image below the full crops' range, as in
+SwAV (Caron et al. 2020), whose small crops start where its full ones end."""
+
 AUGMENTATIONS: dict[str, Callable[[int], nn.Module]] = {
-    "random_resized_crop": lambda size: RandomResizedCrop((size, size), scale=(0.2, 1.0)),
+    "random_resized_crop": lambda size: RandomResizedCrop((size, size), scale=CROP_SCALE),
     "horizontal_flip": lambda size: HorizontalFlip(p=0.5),
     "color_jitter": lambda size: ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8),
     "grayscale": lambda size: Grayscale(p=0.2),
@@ -265,14 +271,15 @@ class Augmentation(nn.Sequential):
         return images
 
 
-def build_augmentation(names: Sequence[str], image_size: int) -> nn.Module:
+def build_augmentation(names: Sequence[str], image_size: int, crop_scale: tuple[float, float] = CROP_SCALE) -> nn.Module:
     """The pipeline for `names` (or a digits/comma string, see parse_augment) producing image_size x image_size
     images; no names gives nn.Identity. Output: same shape (with crop: N x C x image_size x image_size), dtype
-    and device as the input, values in [0, 1]."""
-    ops = [AUGMENTATIONS[name](image_size) for name in parse_augment(names)]
+    and device as the input, values in [0, 1]. `crop_scale` is the crop's range of area shares."""
+    ops = [RandomResizedCrop((image_size, image_size), scale=crop_scale) if name == "random_resized_crop"
+           else AUGMENTATIONS[name](image_size) for name in parse_augment(names)]
     return Augmentation(*ops) if ops else nn.Identity()
 
 
-__all__ = ["AUGMENTATIONS", "BY_NUMBER", "Augmentation", "ColorJitter", "Grayscale", "HorizontalFlip", "PerImage",
-           "RandomResizedCrop", "adjust_brightness_", "adjust_contrast_", "adjust_hue_", "adjust_saturation_",
+__all__ = ["AUGMENTATIONS", "BY_NUMBER", "CROP_SCALE", "SMALL_CROP_SCALE", "Augmentation", "ColorJitter", "Grayscale",
+           "HorizontalFlip", "PerImage", "RandomResizedCrop", "adjust_brightness_", "adjust_contrast_", "adjust_hue_", "adjust_saturation_",
            "build_augmentation", "parse_augment"]

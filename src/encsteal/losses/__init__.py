@@ -17,6 +17,7 @@ from encsteal.losses.barlow_twins import barlow_twins
 from encsteal.losses.distance import DISTANCES, cosine_distance, l1_distance, l2_distance
 from encsteal.losses.infonce import infonce
 from encsteal.losses.mse import mse
+from encsteal.losses.multi_crop_nt_xent import multi_crop_nt_xent
 from encsteal.losses.nt_xent import nt_xent
 from encsteal.losses.soft_nn import soft_nn
 from encsteal.losses.supcon import supcon
@@ -63,4 +64,4 @@ def stealing_loss(name: str, temperature: float) -> StealingLoss:
 
 __all__ = ["DISTANCES", "LABELLED_LOSSES", "MIN_BATCH_SIZES", "STEALING_LOSSES", "TEMPERATURE_LOSSES",
            "barlow_halves", "barlow_twins", "cosine_distance", "infonce", "l1_distance", "l2_distance", "mse",
-           "nt_xent", "soft_nn", "stealing_loss", "supcon", "wasserstein"]
+           "multi_crop_nt_xent", "nt_xent", "soft_nn", "stealing_loss", "supcon", "wasserstein"]

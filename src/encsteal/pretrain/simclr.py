@@ -3,6 +3,9 @@
 Two augmented views of each image go through the encoder f and a projection head h; NT-Xent
 (`encsteal.losses.nt_xent`, Eq. 1) pulls the two views of an image together and pushes the other 2(N − 1)
 images of the batch away. Only f is kept.
+
+With pretrain.small_views = k (multi-crop), each image also gives k small crops, each paired with both full
+views (`encsteal.losses.multi_crop_nt_xent`); the full and the small views go through the encoder as two batches.
 """
 
 from __future__ import annotations
@@ -12,10 +15,10 @@ import time
 import torch
 from torch import nn
 
-from encsteal.augment import build_augmentation
+from encsteal.augment import SMALL_CROP_SCALE, build_augmentation
 from encsteal.config import PretrainConfig
 from encsteal.distributed import check_batch, gather, shard, wrap
-from encsteal.losses import nt_xent
+from encsteal.losses import multi_crop_nt_xent
 from encsteal.models import Encoder, build_encoder
 from encsteal.models.heads import ProjectionHead
 from encsteal.progress import progress_bar
@@ -33,6 +36,18 @@ from encsteal.training import (
 )
 
 
+class EachBatch(nn.Module):
+    """`model` on each batch of a list, in one forward call: views of different sizes cannot share a batch, and
+    DistributedDataParallel expects one forward per backward."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batches: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [self.model(batch) for batch in batches]
+
+
 def pretrain_simclr(images: torch.Tensor, config: PretrainConfig, ctx: TrainContext) -> Encoder:
     """Pre-train config.arch on uint8 images N x 3 x H x W with SimCLR; returns the encoder in eval mode."""
     device, dist = ctx.device, ctx.dist
@@ -44,10 +59,13 @@ def pretrain_simclr(images: torch.Tensor, config: PretrainConfig, ctx: TrainCont
     state = EpochState(ctx, {"encoder": encoder, "head": head}, optimizer)
     first_epoch = state.resume()
     augment = build_augmentation(config.augment, config.view_size or images.shape[-1]).to(device)
+    small = config.small_views
+    if small:
+        small_augment = build_augmentation(config.augment, config.small_view_size, SMALL_CROP_SCALE).to(device)
     n = len(images)
     steps = steps_per_epoch(n, config.batch_size)
     check_batch(config.batch_size, n, dist, "pretrain.batch_size")
-    model = ctx.compiled(wrap(nn.Sequential(encoder, head), dist, device))
+    model = ctx.compiled(wrap(EachBatch(nn.Sequential(encoder, head)), dist, device))
 
     model.train()
     with progress_bar(config.epochs - first_epoch, f"pre-training {config.arch} (SimCLR)", enabled=ctx.progress) as advance:
@@ -57,12 +75,17 @@ def pretrain_simclr(images: torch.Tensor, config: PretrainConfig, ctx: TrainCont
             for step, index in enumerate(minibatches(n, config.batch_size, generator), start=epoch * steps):
                 set_lr(optimizer, scheduled_lr(config.lr, config.lr_schedule, step, config.epochs * steps))
                 x = to_float_batch(images[index], device)
-                first_view, second_view = augment(torch.cat([x, x])).chunk(2)  # one call, every row its own draw
-                # this rank's slice of both views (all of them in one process); NT-Xent on the whole batch
+                full_views = augment(torch.cat([x, x])).chunk(2)  # one call, every row its own draw
+                # this rank's slice of every view (all of them in one process); the loss on the whole batch
+                batches = [channels_last_cat([shard(view, dist) for view in full_views])]
+                if small:
+                    small_views = small_augment(x.repeat(small, 1, 1, 1)).chunk(small)
+                    batches.append(channels_last_cat([shard(view, dist) for view in small_views]))
                 with ctx.autocast():
-                    part = model(channels_last_cat([shard(first_view, dist), shard(second_view, dist)]))
-                first, second = (gather(p, dist) for p in part.float().chunk(2))
-                loss = nt_xent(first, second, config.temperature)
+                    parts = model(batches)
+                full = [gather(p, dist) for p in parts[0].float().chunk(2)]
+                crops = [gather(p, dist) for p in parts[1].float().chunk(small)] if small else []
+                loss = multi_crop_nt_xent(full, crops, config.temperature)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
