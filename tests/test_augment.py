@@ -11,6 +11,7 @@ from torch import nn
 from encsteal.augment import (
     AUGMENTATIONS,
     BY_NUMBER,
+    CROP_SCALE,
     ColorJitter,
     Grayscale,
     HorizontalFlip,
@@ -37,7 +38,7 @@ def test_registry_and_table_viii_numbers():
 
 
 def test_parameters_are_the_simclr_ones():
-    crop, flip, jitter, gray = (AUGMENTATIONS[name](24) for name in ALL)
+    crop, flip, jitter, gray = (AUGMENTATIONS[name](24, CROP_SCALE) for name in ALL)
     assert isinstance(crop, K.RandomResizedCrop) and tuple(crop.flags["size"]) == (24, 24)
     assert tuple(crop._param_generator.scale) == (0.2, 1.0)
     assert isinstance(flip, HorizontalFlip) and flip.p == 0.5

@@ -47,13 +47,18 @@ def kill_after_first_epoch(record):
 @pytest.mark.parametrize("method", sorted(PRETRAINERS))
 def test_pretraining_resumes_to_the_same_encoder(method, schedule, images, tmp_path):
     config = PretrainConfig(method=method, arch="small_cnn", epochs=2, batch_size=16, moco_queue=64, lr_schedule=schedule)
+    assert_resumes_to_the_same_encoder(config, images, tmp_path)
+
+
+def assert_resumes_to_the_same_encoder(config, images, tmp_path):
+    """Killed after its first epoch and started again, pre-training ends with the encoder of an unbroken run."""
     cpu = torch.device("cpu")
-    straight = PRETRAINERS[method](images, config, TrainContext(device=cpu, seed=0, progress=False))
+    straight = PRETRAINERS[config.method](images, config, TrainContext(device=cpu, seed=0, progress=False))
     state = tmp_path / "state.pt"
     with pytest.raises(Killed):
-        PRETRAINERS[method](images, config, TrainContext(device=cpu, seed=0, state_path=state, log=kill_after_first_epoch, progress=False))
+        PRETRAINERS[config.method](images, config, TrainContext(device=cpu, seed=0, state_path=state, log=kill_after_first_epoch, progress=False))
     assert state.exists()
-    resumed = PRETRAINERS[method](images, config, TrainContext(device=cpu, seed=0, state_path=state, progress=False))
+    resumed = PRETRAINERS[config.method](images, config, TrainContext(device=cpu, seed=0, state_path=state, progress=False))
     assert not state.exists()  # a finished loop cleans up its state
     x = torch.rand(4, 3, 32, 32)
     with torch.inference_mode():
@@ -81,18 +86,25 @@ def test_moco_loss_closed_form():
     assert moco_loss(q, q, queue, tau).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-@pytest.mark.parametrize("method", sorted(PRETRAINERS))
-def test_smaller_views_train_an_encoder_used_at_full_size(method, images, monkeypatch):
-    sizes = []
+@pytest.fixture
+def trained_batches(monkeypatch):
+    """(rows, side) of every batch the encoder is given while the test runs."""
+    batches = []
     real_forward = Encoder.forward
 
     def recording_forward(self, batch):
-        sizes.append(batch.shape[-1])
+        batches.append((len(batch), batch.shape[-1]))
         return real_forward(self, batch)
 
     monkeypatch.setattr(Encoder, "forward", recording_forward)
+    return batches
+
+
+@pytest.mark.parametrize("method", sorted(PRETRAINERS))
+def test_smaller_views_train_an_encoder_used_at_full_size(method, images, trained_batches):
     config = PretrainConfig(method=method, arch="small_cnn", epochs=1, batch_size=16, moco_queue=16, view_size=16)
     encoder = PRETRAINERS[method](images, config, TrainContext(device=torch.device("cpu"), seed=0, progress=False))
+    sizes = [side for _, side in trained_batches]
     assert sizes and set(sizes) == {16}  # every training view is 16 x 16
     with torch.inference_mode():
         assert encoder(images[:4].float() / 255).shape == (4, encoder.feature_dim)
@@ -105,31 +117,16 @@ def test_view_sizes_are_recorded_only_when_set():
     assert PretrainConfig(small_views=2).recipe().items() >= {"small_views": 2, "small_view_size": 16}.items()
 
 
-def test_multi_crop_trains_on_full_and_small_views(images, monkeypatch, tmp_path):
-    sizes = []
-    real_forward = Encoder.forward
-
-    def recording_forward(self, batch):
-        sizes.append((len(batch), batch.shape[-1]))
-        return real_forward(self, batch)
-
-    monkeypatch.setattr(Encoder, "forward", recording_forward)
+def test_multi_crop_trains_on_full_and_small_views(images, trained_batches, tmp_path):
     config = PretrainConfig(arch="small_cnn", epochs=1, batch_size=16, view_size=24, small_views=3, small_view_size=12)
     log = MetricsLog(tmp_path / "metrics.jsonl")
     PRETRAINERS["simclr"](images, config, TrainContext(device=torch.device("cpu"), seed=0, log=log, progress=False))
     # each step: both full views of the 16 images in one batch, then their three small crops in another
+    sizes = trained_batches
     assert set(sizes) == {(32, 24), (48, 12)} and len(sizes) == 2 * 2
     assert torch.isfinite(torch.tensor(json.loads((tmp_path / "metrics.jsonl").read_text())["loss"]))
 
 
 def test_multi_crop_resumes_to_the_same_encoder(images, tmp_path):
     config = PretrainConfig(arch="small_cnn", epochs=2, batch_size=16, small_views=2, small_view_size=12)
-    cpu = torch.device("cpu")
-    straight = PRETRAINERS["simclr"](images, config, TrainContext(device=cpu, seed=0, progress=False))
-    state = tmp_path / "state.pt"
-    with pytest.raises(Killed):
-        PRETRAINERS["simclr"](images, config, TrainContext(device=cpu, seed=0, state_path=state, log=kill_after_first_epoch, progress=False))
-    resumed = PRETRAINERS["simclr"](images, config, TrainContext(device=cpu, seed=0, state_path=state, progress=False))
-    x = torch.rand(4, 3, 32, 32)
-    with torch.inference_mode():
-        assert torch.allclose(straight(x), resumed(x), atol=1e-5)
+    assert_resumes_to_the_same_encoder(config, images, tmp_path)

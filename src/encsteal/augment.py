@@ -216,13 +216,13 @@ SMALL_CROP_SCALE = (0.05, 0.2)
 """The small crops of multi-crop (pretrain.small_views): the parts of an image below the full crops' range, as in
 SwAV (Caron et al. 2020), whose small crops start where its full ones end."""
 
-AUGMENTATIONS: dict[str, Callable[[int], nn.Module]] = {
-    "random_resized_crop": lambda size: RandomResizedCrop((size, size), scale=CROP_SCALE),
-    "horizontal_flip": lambda size: HorizontalFlip(p=0.5),
-    "color_jitter": lambda size: ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8),
-    "grayscale": lambda size: Grayscale(p=0.2),
+AUGMENTATIONS: dict[str, Callable[[int, tuple[float, float]], nn.Module]] = {
+    "random_resized_crop": lambda size, crop_scale: RandomResizedCrop((size, size), scale=crop_scale),
+    "horizontal_flip": lambda size, crop_scale: HorizontalFlip(p=0.5),
+    "color_jitter": lambda size, crop_scale: ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8),
+    "grayscale": lambda size, crop_scale: Grayscale(p=0.2),
 }
-"""name -> factory(image_size), in canonical order."""
+"""name -> factory(image_size, crop_scale), in canonical order; the crop alone uses its output size and scale."""
 
 BY_NUMBER: dict[str, str] = dict(zip("1234", AUGMENTATIONS))
 """Table VIII's digits -> names."""
@@ -275,8 +275,7 @@ def build_augmentation(names: Sequence[str], image_size: int, crop_scale: tuple[
     """The pipeline for `names` (or a digits/comma string, see parse_augment) producing image_size x image_size
     images; no names gives nn.Identity. Output: same shape (with crop: N x C x image_size x image_size), dtype
     and device as the input, values in [0, 1]. `crop_scale` is the crop's range of area shares."""
-    ops = [RandomResizedCrop((image_size, image_size), scale=crop_scale) if name == "random_resized_crop"
-           else AUGMENTATIONS[name](image_size) for name in parse_augment(names)]
+    ops = [AUGMENTATIONS[name](image_size, crop_scale) for name in parse_augment(names)]
     return Augmentation(*ops) if ops else nn.Identity()
 
 
