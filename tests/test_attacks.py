@@ -57,6 +57,7 @@ def test_attack_trains_and_pays_what_it_should(name, target, surrogate):
         {"views": 3},
         {"normalize_features": True},
         {"optimizer": "sgd", "weight_decay": 5e-4},
+        {"optimizer": "lars", "lr": 0.5, "weight_decay": 1e-6},
         {"lr_schedule": "cosine"},
         *({"loss": name} for name in sorted(DISTANCES)),
         {"augment": []},

@@ -49,6 +49,8 @@ def test_unknown_key_names_itself(override, key):
         ("surrogate.size=0", "surrogate.size"),
         ("surrogate.size=lots", "surrogate.size"),
         ("pretrain.stem=huge", "pretrain.stem"),
+        ("pretrain.optimizer=adagrad", "pretrain.optimizer"),
+        ("pretrain.momentum=1", "pretrain.momentum"),
     ],
 )
 def test_wrong_value_names_the_key(override, key):
@@ -90,6 +92,11 @@ def test_small_views_need_the_crop_and_simclr():
         load_config("demo", ["pretrain.small_views=2", "pretrain.method=moco"])
     with pytest.raises(ConfigError, match="pretrain.small_view_size"):
         load_config("demo", ["pretrain.small_views=2", "pretrain.small_view_size=4"])
+
+
+def test_warmup_fits_in_the_run():
+    with pytest.raises(ConfigError, match=r"pretrain.warmup_epochs \(3\) is more than pretrain.epochs \(2\)"):
+        load_config("demo", ["pretrain.epochs=2", "pretrain.warmup_epochs=3"])
 
 
 def test_surrogate_scenario_source_rules():

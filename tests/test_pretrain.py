@@ -11,7 +11,7 @@ from encsteal.data import load_dataset
 from encsteal.models import Encoder
 from encsteal.pretrain import PRETRAINERS
 from encsteal.pretrain.moco import moco_loss
-from encsteal.training import MetricsLog, TrainContext, scheduled_lr
+from encsteal.training import MetricsLog, TrainContext, make_optimizer, scheduled_lr
 
 
 @pytest.fixture(scope="module")
@@ -19,11 +19,13 @@ def images():
     return torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 
 
+@pytest.mark.parametrize("optimizer, lr", [("adam", 1e-3), ("lars", 0.5)])
 @pytest.mark.parametrize("method", sorted(PRETRAINERS))
-def test_pretrainer_runs_and_loss_drops(method, tmp_path):
+def test_pretrainer_runs_and_loss_drops(method, optimizer, lr, tmp_path):
     digits = load_dataset("digits", "train", root=Path("unused"), image_size=32).images[:64]
     config = PretrainConfig(method=method, arch="small_cnn", epochs=12, batch_size=16, moco_queue=16, moco_momentum=0.9,
-                            temperature=0.2, lr=1e-3, augment=["random_resized_crop", "color_jitter"])
+                            temperature=0.2, optimizer=optimizer, lr=lr, weight_decay=1e-6,
+                            augment=["random_resized_crop", "color_jitter"])
     log = MetricsLog(tmp_path / "metrics.jsonl")
     encoder = PRETRAINERS[method](digits, config, TrainContext(device=torch.device("cpu"), seed=0, log=log, progress=False))
     assert isinstance(encoder, Encoder) and not encoder.training
@@ -77,6 +79,36 @@ def test_lr_schedules_closed_form():
         scheduled_lr(1e-3, "step", 0, 10)
 
 
+def test_warmup_ramps_up_then_hands_over_to_the_schedule():
+    # 4 warm-up steps of 12: base·1/4 ... base, then a cosine over the remaining 8 steps
+    assert [scheduled_lr(1.0, "cosine", step, 12, 4) for step in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert scheduled_lr(1.0, "cosine", 4, 12, 4) == 1.0
+    assert scheduled_lr(1.0, "cosine", 8, 12, 4) == pytest.approx(0.5)
+    assert scheduled_lr(1.0, "cosine", 12, 12, 4) == pytest.approx(0, abs=1e-15)
+    assert scheduled_lr(1.0, "constant", 1, 12, 4) == 0.5 and scheduled_lr(1.0, "constant", 9, 12, 4) == 1.0
+
+
+def test_lars_step_closed_form():
+    # one step from rest: a weight moves by lr · trust · ‖w‖ / (‖g‖ + wd·‖w‖) · (g + wd·w), with trust = 0.001;
+    # a bias (or batch-norm parameter) by lr · g, with neither the ratio nor weight decay
+    weight = torch.nn.Parameter(torch.tensor([[3.0, 4.0]]))  # ‖w‖ = 5
+    bias = torch.nn.Parameter(torch.tensor([1.0]))
+    weight.grad, bias.grad = torch.tensor([[0.0, 2.0]]), torch.tensor([0.5])  # ‖g‖ = 2
+    lr, wd = 10.0, 0.1
+    make_optimizer("lars", [weight, bias], lr, weight_decay=wd, momentum=0.9).step()
+    ratio = 0.001 * 5 / (2 + wd * 5)
+    expected = torch.tensor([[3.0, 4.0]]) - lr * ratio * (torch.tensor([[0.0, 2.0]]) + wd * torch.tensor([[3.0, 4.0]]))
+    assert torch.allclose(weight.detach(), expected)
+    assert bias.item() == pytest.approx(1.0 - lr * 0.5)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "lars"])
+def test_sgd_and_lars_resume_to_the_same_encoder(optimizer, images, tmp_path):
+    config = PretrainConfig(arch="small_cnn", epochs=2, batch_size=16, optimizer=optimizer, lr=0.1, weight_decay=1e-6,
+                            warmup_epochs=1, lr_schedule="cosine")
+    assert_resumes_to_the_same_encoder(config, images, tmp_path)  # the momentum buffers are saved with the state
+
+
 def test_moco_loss_closed_form():
     # a query equal to its key and orthogonal to K = 3 queue entries: logits [1/τ, 0, 0, 0]
     q = torch.eye(4)[:1]
@@ -110,9 +142,12 @@ def test_smaller_views_train_an_encoder_used_at_full_size(method, images, traine
         assert encoder(images[:4].float() / 255).shape == (4, encoder.feature_dim)
 
 
-def test_view_sizes_are_recorded_only_when_set():
+def test_later_settings_are_recorded_only_when_set():
     # checkpoints made before the settings existed still match their presets
-    assert not {"view_size", "small_views", "small_view_size"} & set(PretrainConfig().recipe())
+    later = {"view_size", "small_views", "small_view_size", "optimizer", "momentum", "warmup_epochs"}
+    assert not later & set(PretrainConfig().recipe())
+    assert PretrainConfig(optimizer="lars", warmup_epochs=10).recipe().items() >= {
+        "optimizer": "lars", "momentum": 0.9, "warmup_epochs": 10}.items()
     assert PretrainConfig(view_size=24).recipe()["view_size"] == 24
     assert PretrainConfig(small_views=2).recipe().items() >= {"small_views": 2, "small_view_size": 16}.items()
 

@@ -71,6 +71,10 @@ class DataConfig(Section):
         return Path(os.environ.get("ENCSTEAL_DATA", "data"))
 
 
+Optimizer = Literal["adam", "sgd", "lars"]
+"""adam (the papers'), sgd with momentum, or lars (SimCLR's own: SGD with a per-layer learning rate)."""
+
+
 class PretrainConfig(Section):
     """How the provider pre-trains its target encoder (StolenEncoder §V-A: SimCLR, ResNet18, Adam 1e-3, 1000 epochs)."""
 
@@ -83,10 +87,15 @@ class PretrainConfig(Section):
     stem: Literal["cifar", "half", "imagenet"] = "cifar"
     epochs: int = Field(1000, ge=0)
     batch_size: int = Field(256, ge=2)
+    optimizer: Optimizer = "adam"
     lr: float = Field(1e-3, gt=0)
     lr_schedule: Literal["constant", "cosine"] = "constant"
     """constant (the paper's Adam at lr), or cosine decay from lr towards 0 over all steps."""
+    warmup_epochs: int = Field(0, ge=0)
+    """Ramp the learning rate linearly from 0 to lr over this many epochs first; the schedule follows."""
     weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    """Momentum of sgd and lars; unused by adam."""
     temperature: float = Field(0.5, gt=0)
     projection_dim: int = Field(128, ge=1)
     augment: list[str] = ["random_resized_crop", "horizontal_flip", "color_jitter", "grayscale"]
@@ -118,6 +127,10 @@ class PretrainConfig(Section):
         """These settings as recorded beside a target's checkpoint. A setting added after checkpoints were made
         is left out while at its default, so that those checkpoints still match their presets."""
         unset = {"view_size"} if self.view_size is None else set()
+        if self.optimizer == "adam":
+            unset |= {"optimizer", "momentum"}
+        if self.warmup_epochs == 0:
+            unset.add("warmup_epochs")
         if self.small_views == 0:
             unset |= {"small_views", "small_view_size"}
         return self.model_dump(mode="json", exclude=unset or None)
@@ -126,6 +139,8 @@ class PretrainConfig(Section):
     def _check_crops(self) -> PretrainConfig:
         if self.view_size is not None and "random_resized_crop" not in self.augment:
             raise ValueError("pretrain.view_size sets the crop's output size: it needs random_resized_crop in pretrain.augment")
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(f"pretrain.warmup_epochs ({self.warmup_epochs}) is more than pretrain.epochs ({self.epochs})")
         if self.small_views:
             if "random_resized_crop" not in self.augment:
                 raise ValueError("pretrain.small_views are small crops: they need random_resized_crop in pretrain.augment")
@@ -242,10 +257,10 @@ class AttackConfig(Section):
     lr_schedule: Literal["constant", "cosine"] = "constant"
     """constant (the paper's Adam at lr), or cosine decay from lr towards 0 over all steps."""
     batch_size: int = Field(64, ge=1)
-    optimizer: Literal["adam", "sgd"] = "adam"
+    optimizer: Optimizer = "adam"
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
-    """SGD momentum; unused by Adam."""
+    """Momentum of sgd and lars; unused by adam."""
     temperature: float = Field(0.5, gt=0)
     """Temperature of the contrastive losses (infonce, nt-xent, soft-nn, supcon) and of surrogate-pretrain."""
 

@@ -150,21 +150,36 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 def make_optimizer(
     name: str, parameters, lr: float, weight_decay: float = 0.0, momentum: float = 0.9
 ) -> torch.optim.Optimizer:
+    """adam, sgd (with momentum), or lars: SGD with a per-layer learning rate (You et al. 2017), as SimCLR trains
+    (Chen et al. 2020). LARS scales each weight tensor's step by trust · ‖w‖ / (‖∇w‖ + wd · ‖w‖); biases and
+    batch-norm parameters get neither that ratio nor weight decay, as in SimCLR."""
     if name == "adam":
         return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
     if name == "sgd":
         return torch.optim.SGD(parameters, lr=lr, weight_decay=weight_decay, momentum=momentum)
-    raise ValueError(f"unknown optimizer '{name}' (adam or sgd)")
+    if name == "lars":
+        from timm.optim import Lars
+
+        parameters = list(parameters)
+        weights = [p for p in parameters if p.ndim > 1]
+        biases_and_norms = [p for p in parameters if p.ndim <= 1]
+        groups = [{"params": weights, "always_adapt": True}, {"params": biases_and_norms, "weight_decay": 0.0}]
+        return Lars(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer '{name}' (adam, sgd or lars)")
 
 
-def scheduled_lr(base_lr: float, schedule: str, step: int, total_steps: int) -> float:
-    """The learning rate at global step `step` of `total_steps`: constant, or cosine decay from base_lr towards
-    0 (SGDR, Loshchilov & Hutter 2017, without restarts): lr = base_lr · (1 + cos(π · step / total_steps)) / 2.
-    A function of the step alone, so a resumed run carries on along the same curve."""
+def scheduled_lr(base_lr: float, schedule: str, step: int, total_steps: int, warmup_steps: int = 0) -> float:
+    """The learning rate at global step `step` of `total_steps`. The first `warmup_steps` ramp it linearly up to
+    base_lr (Goyal et al. 2017); the rest follow the schedule: constant, or cosine decay from base_lr towards 0
+    (SGDR, Loshchilov & Hutter 2017, without restarts): lr = base_lr · (1 + cos(π · t / T)) / 2, with t and T
+    the step and the number of steps after the warm-up. A function of the step alone, so a resumed run carries on
+    along the same curve."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
     if schedule == "constant":
         return base_lr
     if schedule == "cosine":
-        return base_lr * 0.5 * (1 + math.cos(math.pi * step / max(total_steps, 1)))
+        return base_lr * 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(total_steps - warmup_steps, 1)))
     raise ValueError(f"unknown learning-rate schedule '{schedule}' (constant or cosine)")
 
 

@@ -59,7 +59,8 @@ def pretrain_moco(images: torch.Tensor, config: PretrainConfig, ctx: TrainContex
         p.requires_grad_(False)
     queue = F.normalize(torch.randn(config.moco_queue, config.projection_dim, device=device), dim=1)
     queue_pointer = torch.zeros((), dtype=torch.long)
-    optimizer = make_optimizer("adam", [*encoder.parameters(), *head.parameters()], config.lr, config.weight_decay)
+    parameters = [*encoder.parameters(), *head.parameters()]
+    optimizer = make_optimizer(config.optimizer, parameters, config.lr, config.weight_decay, config.momentum)
     state = EpochState(
         ctx,
         {"encoder": encoder, "head": head, "momentum_encoder": momentum_encoder, "momentum_head": momentum_head},
@@ -80,7 +81,8 @@ def pretrain_moco(images: torch.Tensor, config: PretrainConfig, ctx: TrainContex
             generator = start_epoch(ctx.seed, epoch)
             started, total_loss = time.perf_counter(), 0.0
             for step, index in enumerate(minibatches(n, config.batch_size, generator), start=epoch * steps):
-                set_lr(optimizer, scheduled_lr(config.lr, config.lr_schedule, step, config.epochs * steps))
+                lr = scheduled_lr(config.lr, config.lr_schedule, step, config.epochs * steps, config.warmup_epochs * steps)
+                set_lr(optimizer, lr)
                 x = to_float_batch(images[index], device)
                 x_q, x_k = (channels_last(view) for view in augment(torch.cat([x, x])).chunk(2))
                 queries = head(encoder(x_q))

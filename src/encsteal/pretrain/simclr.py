@@ -55,7 +55,7 @@ def pretrain_simclr(images: torch.Tensor, config: PretrainConfig, ctx: TrainCont
     encoder = build_encoder(config.arch, config.stem).to(device).to(memory_format=torch.channels_last)
     head = ProjectionHead(encoder.feature_dim, encoder.feature_dim, config.projection_dim).to(device)
     parameters = [*encoder.parameters(), *head.parameters()]
-    optimizer = make_optimizer("adam", parameters, config.lr, config.weight_decay)
+    optimizer = make_optimizer(config.optimizer, parameters, config.lr, config.weight_decay, config.momentum)
     state = EpochState(ctx, {"encoder": encoder, "head": head}, optimizer)
     first_epoch = state.resume()
     augment = build_augmentation(config.augment, config.view_size or images.shape[-1]).to(device)
@@ -73,7 +73,8 @@ def pretrain_simclr(images: torch.Tensor, config: PretrainConfig, ctx: TrainCont
             generator = start_epoch(ctx.seed, epoch)
             started, total_loss = time.perf_counter(), 0.0
             for step, index in enumerate(minibatches(n, config.batch_size, generator), start=epoch * steps):
-                set_lr(optimizer, scheduled_lr(config.lr, config.lr_schedule, step, config.epochs * steps))
+                lr = scheduled_lr(config.lr, config.lr_schedule, step, config.epochs * steps, config.warmup_epochs * steps)
+                set_lr(optimizer, lr)
                 x = to_float_batch(images[index], device)
                 full_views = augment(torch.cat([x, x])).chunk(2)  # one call, every row its own draw
                 # this rank's slice of every view (all of them in one process); the loss on the whole batch
