@@ -157,8 +157,7 @@ def test_multi_crop_trains_on_full_and_small_views(images, trained_batches, tmp_
     log = MetricsLog(tmp_path / "metrics.jsonl")
     PRETRAINERS["simclr"](images, config, TrainContext(device=torch.device("cpu"), seed=0, log=log, progress=False))
     # each step: both full views of the 16 images in one batch, then their three small crops in another
-    sizes = trained_batches
-    assert set(sizes) == {(32, 24), (48, 12)} and len(sizes) == 2 * 2
+    assert set(trained_batches) == {(32, 24), (48, 12)} and len(trained_batches) == 2 * 2
     assert torch.isfinite(torch.tensor(json.loads((tmp_path / "metrics.jsonl").read_text())["loss"]))
 
 

@@ -81,8 +81,8 @@ def pretrain_moco(images: torch.Tensor, config: PretrainConfig, ctx: TrainContex
             generator = start_epoch(ctx.seed, epoch)
             started, total_loss = time.perf_counter(), 0.0
             for step, index in enumerate(minibatches(n, config.batch_size, generator), start=epoch * steps):
-                lr = scheduled_lr(config.lr, config.lr_schedule, step, config.epochs * steps, config.warmup_epochs * steps)
-                set_lr(optimizer, lr)
+                set_lr(optimizer, scheduled_lr(config.lr, config.lr_schedule, step, config.epochs * steps,
+                                               config.warmup_epochs * steps))
                 x = to_float_batch(images[index], device)
                 x_q, x_k = (channels_last(view) for view in augment(torch.cat([x, x])).chunk(2))
                 queries = head(encoder(x_q))

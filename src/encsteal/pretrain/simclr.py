@@ -73,8 +73,8 @@ def pretrain_simclr(images: torch.Tensor, config: PretrainConfig, ctx: TrainCont
             generator = start_epoch(ctx.seed, epoch)
             started, total_loss = time.perf_counter(), 0.0
             for step, index in enumerate(minibatches(n, config.batch_size, generator), start=epoch * steps):
-                lr = scheduled_lr(config.lr, config.lr_schedule, step, config.epochs * steps, config.warmup_epochs * steps)
-                set_lr(optimizer, lr)
+                set_lr(optimizer, scheduled_lr(config.lr, config.lr_schedule, step, config.epochs * steps,
+                                               config.warmup_epochs * steps))
                 x = to_float_batch(images[index], device)
                 full_views = augment(torch.cat([x, x])).chunk(2)  # one call, every row its own draw
                 # this rank's slice of every view (all of them in one process); the loss on the whole batch
