@@ -22,7 +22,7 @@ import kornia.augmentation as K
 import torch
 from torch import nn
 
-from encsteal.augment import AUGMENTATIONS, CROP_SCALE, build_augmentation
+from encsteal.augment import AUGMENTATIONS, CROP_SCALE, ViewSettings, build_augmentation
 from encsteal.training import keep_freed_memory
 
 STOCK: dict[str, Callable[[int], nn.Module]] = {
@@ -65,7 +65,7 @@ def main() -> None:
     images = torch.rand(args.batch, 3, args.size, args.size)
     print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "freed_memory_kept": kept}), flush=True)
     for name in AUGMENTATIONS:
-        line = compare(name, AUGMENTATIONS[name](args.size, CROP_SCALE), STOCK[name](args.size), images, args.rounds, args.calls)
+        line = compare(name, AUGMENTATIONS[name](ViewSettings(args.size)), STOCK[name](args.size), images, args.rounds, args.calls)
         print(json.dumps(line), flush=True)
     stock_pipeline = nn.Sequential(*(STOCK[name](args.size) for name in AUGMENTATIONS))
     line = compare("all four", build_augmentation(list(AUGMENTATIONS), args.size), stock_pipeline, images, args.rounds, args.calls)

@@ -11,11 +11,11 @@ from torch import nn
 from encsteal.augment import (
     AUGMENTATIONS,
     BY_NUMBER,
-    CROP_SCALE,
     ColorJitter,
     Grayscale,
     HorizontalFlip,
     RandomResizedCrop,
+    ViewSettings,
     adjust_brightness_,
     adjust_contrast_,
     adjust_hue_,
@@ -38,13 +38,29 @@ def test_registry_and_table_viii_numbers():
 
 
 def test_parameters_are_the_simclr_ones():
-    crop, flip, jitter, gray = (AUGMENTATIONS[name](24, CROP_SCALE) for name in ALL)
+    crop, flip, jitter, gray = (AUGMENTATIONS[name](ViewSettings(24)) for name in ALL)
     assert isinstance(crop, K.RandomResizedCrop) and tuple(crop.flags["size"]) == (24, 24)
     assert tuple(crop._param_generator.scale) == (0.2, 1.0)
     assert isinstance(flip, HorizontalFlip) and flip.p == 0.5
     assert isinstance(jitter, ColorJitter) and jitter.p == 0.8
     assert (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue) == (0.4, 0.4, 0.4, 0.1)
     assert isinstance(gray, Grayscale) and gray.p == 0.2
+
+
+def test_color_strength_scales_the_jitter_as_simclr_does():
+    (jitter,) = build_augmentation(["color_jitter"], 24, color_strength=1.0)  # SimCLR's ImageNet setting
+    assert (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue) == pytest.approx((0.8, 0.8, 0.8, 0.2))
+    assert jitter.p == 0.8
+    with pytest.raises(ValueError, match="colour strength 3"):
+        build_augmentation(["color_jitter"], 24, color_strength=3)  # hue would turn more than half the circle
+
+
+def test_strong_jitter_never_inverts_an_image():
+    torch.manual_seed(0)
+    ramp = torch.linspace(0.45, 0.55, 16).view(1, 1, 1, 16).expand(500, 3, 4, 16).contiguous()
+    out = ColorJitter(0.0, 2.0, 0.0, 0.0, p=1.0)(ramp)  # contrast factors from [0, 3], not [-1, 3]
+    assert (out.diff(dim=-1) >= 0).all()  # every image keeps its pixels' order
+    assert (out[..., -1] - out[..., 0]).max() > 0.1 * 2.5  # the top of the range is drawn too
 
 
 def test_jitter_factors_are_drawn_per_image_within_their_range():

@@ -51,6 +51,7 @@ def test_unknown_key_names_itself(override, key):
         ("pretrain.stem=huge", "pretrain.stem"),
         ("pretrain.optimizer=adagrad", "pretrain.optimizer"),
         ("pretrain.momentum=1", "pretrain.momentum"),
+        ("pretrain.color_strength=3", "pretrain.color_strength"),
     ],
 )
 def test_wrong_value_names_the_key(override, key):

@@ -142,13 +142,45 @@ def test_smaller_views_train_an_encoder_used_at_full_size(method, images, traine
         assert encoder(images[:4].float() / 255).shape == (4, encoder.feature_dim)
 
 
+@pytest.fixture
+def trained_images(monkeypatch):
+    """Every batch of images the encoders are given while the test runs."""
+    batches = []
+    real_forward = Encoder.forward
+
+    def recording_forward(self, batch):
+        batches.append(batch.detach().float().clone())
+        return real_forward(self, batch)
+
+    monkeypatch.setattr(Encoder, "forward", recording_forward)
+    return batches
+
+
+@pytest.mark.parametrize("method", sorted(PRETRAINERS))
+def test_views_are_jittered_at_the_configured_strength(method, images, trained_images):
+    n = len(images)
+
+    def first_step_views(strength):
+        trained_images.clear()
+        config = PretrainConfig(method=method, arch="small_cnn", epochs=1, batch_size=n, moco_queue=n,
+                                augment=["color_jitter"], color_strength=strength)
+        PRETRAINERS[method](images, config, TrainContext(device=torch.device("cpu"), seed=0, progress=False))
+        return torch.cat(trained_images)[: 2 * n].chunk(2)  # SimCLR: both views in one batch; MoCo: queries, keys
+
+    first, second = first_step_views(0.0)
+    assert torch.allclose(first, second, atol=1e-5)  # strength 0: no jitter, so both views are the image
+    first, second = first_step_views(1.0)
+    assert (first - second).abs().flatten(1).amax(dim=1).gt(0.01).float().mean() > 0.5
+
+
 def test_later_settings_are_recorded_only_when_set():
     # checkpoints made before the settings existed still match their presets
-    later = {"view_size", "small_views", "small_view_size", "optimizer", "momentum", "warmup_epochs"}
+    later = {"view_size", "small_views", "small_view_size", "optimizer", "momentum", "warmup_epochs", "color_strength"}
     assert not later & set(PretrainConfig().recipe())
     assert PretrainConfig(optimizer="lars", warmup_epochs=10).recipe().items() >= {
         "optimizer": "lars", "momentum": 0.9, "warmup_epochs": 10}.items()
     assert PretrainConfig(view_size=24).recipe()["view_size"] == 24
+    assert PretrainConfig(color_strength=1.0).recipe()["color_strength"] == 1.0
     assert PretrainConfig(small_views=2).recipe().items() >= {"small_views": 2, "small_view_size": 16}.items()
 
 

@@ -4,7 +4,8 @@ Names, parameters and their numbers in StolenEncoder Table VIII (the SimCLR set)
 
     1 random_resized_crop   scale (0.2, 1.0), back to image_size x image_size
     2 horizontal_flip       p 0.5
-    3 color_jitter          brightness 0.4, contrast 0.4, saturation 0.4, hue 0.1, p 0.8 (torchvision's formulas)
+    3 color_jitter          brightness 0.4, contrast 0.4, saturation 0.4, hue 0.1, p 0.8 (torchvision's formulas):
+                            SimCLR's colour distortion at strength s = 0.5, which `color_strength` changes
     4 grayscale             p 0.2
 
 A pipeline applies its operations in this canonical order, whatever order they are listed in. Each image of
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import kornia.augmentation as K
@@ -176,7 +178,7 @@ class Grayscale(PerImage):
 
 class ColorJitter(PerImage):
     """torchvision's ColorJitter, per image: with probability p, brightness, contrast and saturation factors
-    drawn from [1 - b, 1 + b], [1 - c, 1 + c], [1 - s, 1 + s] and a hue shift from [-h, h] turns, applied in
+    drawn from [1 - b, 1 + b], [1 - c, 1 + c], [1 - s, 1 + s] (never below 0) and a hue shift from [-h, h] turns, applied in
     one random order per call (as kornia's ColorJitter does). The chosen images are clamped to [0, 1] first
     and stay there."""
 
@@ -188,9 +190,10 @@ class ColorJitter(PerImage):
 
     def transform(self, images: torch.Tensor) -> torch.Tensor:
         n = len(images)
-        factors = [torch.empty(n).uniform_(1 - self.brightness, 1 + self.brightness),
-                   torch.empty(n).uniform_(1 - self.contrast, 1 + self.contrast),
-                   torch.empty(n).uniform_(1 - self.saturation, 1 + self.saturation),
+        # a factor below 0 would invert the image: torchvision draws from [max(0, 1 - b), 1 + b] (kornia caps it at 2 too)
+        factors = [torch.empty(n).uniform_(max(0.0, 1 - self.brightness), 1 + self.brightness),
+                   torch.empty(n).uniform_(max(0.0, 1 - self.contrast), 1 + self.contrast),
+                   torch.empty(n).uniform_(max(0.0, 1 - self.saturation), 1 + self.saturation),
                    torch.empty(n).uniform_(-self.hue, self.hue)]
         return self.apply_steps(images.clamp_(0, 1), factors, torch.randperm(4).tolist())
 
@@ -216,13 +219,30 @@ SMALL_CROP_SCALE = (0.05, 0.2)
 """The small crops of multi-crop (pretrain.small_views): the parts of an image below the full crops' range, as in
 SwAV (Caron et al. 2020), whose small crops start where its full ones end."""
 
-AUGMENTATIONS: dict[str, Callable[[int, tuple[float, float]], nn.Module]] = {
-    "random_resized_crop": lambda size, crop_scale: RandomResizedCrop((size, size), scale=crop_scale),
-    "horizontal_flip": lambda size, crop_scale: HorizontalFlip(p=0.5),
-    "color_jitter": lambda size, crop_scale: ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8),
-    "grayscale": lambda size, crop_scale: Grayscale(p=0.2),
+COLOR_STRENGTH = 0.5
+"""SimCLR's colour distortion strength s (Chen et al. 2020, Appendix A): brightness, contrast and saturation
+jitter 0.8 s, hue 0.2 s. At 0.5 (SimCLR's CIFAR-10 setting) it is MoCo v2's and StolenEncoder's 0.4, 0.4, 0.4,
+0.1; SimCLR trains on ImageNet at 1. Hue moves at most half the circle, so s is at most 2.5."""
+MAX_COLOR_STRENGTH = 2.5
+
+
+@dataclass(frozen=True)
+class ViewSettings:
+    """What the ops of a pipeline are built for: the side of its output images, the crop's range of area
+    shares, and the colour distortion strength."""
+
+    size: int
+    crop_scale: tuple[float, float] = CROP_SCALE
+    color_strength: float = COLOR_STRENGTH
+
+
+AUGMENTATIONS: dict[str, Callable[[ViewSettings], nn.Module]] = {
+    "random_resized_crop": lambda view: RandomResizedCrop((view.size, view.size), scale=view.crop_scale),
+    "horizontal_flip": lambda view: HorizontalFlip(p=0.5),
+    "color_jitter": lambda view: ColorJitter(*[0.8 * view.color_strength] * 3, 0.2 * view.color_strength, p=0.8),
+    "grayscale": lambda view: Grayscale(p=0.2),
 }
-"""name -> factory(image_size, crop_scale), in canonical order; the crop alone uses its output size and scale."""
+"""name -> factory(ViewSettings), in canonical order."""
 
 BY_NUMBER: dict[str, str] = dict(zip("1234", AUGMENTATIONS))
 """Table VIII's digits -> names."""
@@ -271,14 +291,19 @@ class Augmentation(nn.Sequential):
         return images
 
 
-def build_augmentation(names: Sequence[str], image_size: int, crop_scale: tuple[float, float] = CROP_SCALE) -> nn.Module:
+def build_augmentation(names: Sequence[str], image_size: int, crop_scale: tuple[float, float] = CROP_SCALE,
+                       color_strength: float = COLOR_STRENGTH) -> nn.Module:
     """The pipeline for `names` (or a digits/comma string, see parse_augment) producing image_size x image_size
     images; no names gives nn.Identity. Output: same shape (with crop: N x C x image_size x image_size), dtype
-    and device as the input, values in [0, 1]. `crop_scale` is the crop's range of area shares."""
-    ops = [AUGMENTATIONS[name](image_size, crop_scale) for name in parse_augment(names)]
+    and device as the input, values in [0, 1]. `crop_scale` is the crop's range of area shares,
+    `color_strength` the colour jitter's strength s (COLOR_STRENGTH)."""
+    if not 0 <= color_strength <= MAX_COLOR_STRENGTH:
+        raise ValueError(f"colour strength {color_strength} is outside [0, {MAX_COLOR_STRENGTH}]")
+    view = ViewSettings(image_size, crop_scale, color_strength)
+    ops = [AUGMENTATIONS[name](view) for name in parse_augment(names)]
     return Augmentation(*ops) if ops else nn.Identity()
 
 
-__all__ = ["AUGMENTATIONS", "BY_NUMBER", "CROP_SCALE", "SMALL_CROP_SCALE", "Augmentation", "ColorJitter", "Grayscale",
-           "HorizontalFlip", "PerImage", "RandomResizedCrop", "adjust_brightness_", "adjust_contrast_", "adjust_hue_", "adjust_saturation_",
+__all__ = ["AUGMENTATIONS", "BY_NUMBER", "COLOR_STRENGTH", "CROP_SCALE", "MAX_COLOR_STRENGTH", "SMALL_CROP_SCALE", "Augmentation",
+           "ColorJitter", "Grayscale", "HorizontalFlip", "PerImage", "RandomResizedCrop", "ViewSettings", "adjust_brightness_", "adjust_contrast_", "adjust_hue_", "adjust_saturation_",
            "build_augmentation", "parse_augment"]

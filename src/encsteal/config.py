@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from encsteal.augment import COLOR_STRENGTH, MAX_COLOR_STRENGTH
 from encsteal.defenses import DefenseConfig
 from encsteal.errors import EncstealError
 
@@ -99,6 +100,9 @@ class PretrainConfig(Section):
     temperature: float = Field(0.5, gt=0)
     projection_dim: int = Field(128, ge=1)
     augment: list[str] = ["random_resized_crop", "horizontal_flip", "color_jitter", "grayscale"]
+    color_strength: float = Field(COLOR_STRENGTH, ge=0, le=MAX_COLOR_STRENGTH)
+    """SimCLR's colour distortion strength s: the colour jitter's brightness, contrast and saturation 0.8 s, hue
+    0.2 s. 0.5 gives the paper's 0.4, 0.4, 0.4, 0.1 (SimCLR's CIFAR-10 setting; 1 on ImageNet)."""
     view_size: int | None = Field(None, ge=8)
     """The side of the augmented views the encoder trains on (the crop's output); None: the images' own size.
     Smaller views cost less per step (FixRes, Touvron et al. 2019: a random crop enlarges objects, so
@@ -127,6 +131,8 @@ class PretrainConfig(Section):
         """These settings as recorded beside a target's checkpoint. A setting added after checkpoints were made
         is left out while at its default, so that those checkpoints still match their presets."""
         unset = {"view_size"} if self.view_size is None else set()
+        if self.color_strength == COLOR_STRENGTH:
+            unset.add("color_strength")
         if self.optimizer == "adam":
             unset |= {"optimizer", "momentum"}
         if self.warmup_epochs == 0:

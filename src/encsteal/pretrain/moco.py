@@ -68,7 +68,7 @@ def pretrain_moco(images: torch.Tensor, config: PretrainConfig, ctx: TrainContex
         extra={"queue": queue, "queue_pointer": queue_pointer},
     )
     first_epoch = state.resume()
-    augment = build_augmentation(config.augment, config.view_size or images.shape[-1]).to(device)
+    augment = build_augmentation(config.augment, config.view_size or images.shape[-1], color_strength=config.color_strength).to(device)
     online = [*encoder.parameters(), *head.parameters()]
     momentum = [*momentum_encoder.parameters(), *momentum_head.parameters()]
     n = len(images)

@@ -58,10 +58,10 @@ def pretrain_simclr(images: torch.Tensor, config: PretrainConfig, ctx: TrainCont
     optimizer = make_optimizer(config.optimizer, parameters, config.lr, config.weight_decay, config.momentum)
     state = EpochState(ctx, {"encoder": encoder, "head": head}, optimizer)
     first_epoch = state.resume()
-    augment = build_augmentation(config.augment, config.view_size or images.shape[-1]).to(device)
+    augment = build_augmentation(config.augment, config.view_size or images.shape[-1], color_strength=config.color_strength).to(device)
     small = config.small_views
     if small:
-        small_augment = build_augmentation(config.augment, config.small_view_size, SMALL_CROP_SCALE).to(device)
+        small_augment = build_augmentation(config.augment, config.small_view_size, SMALL_CROP_SCALE, config.color_strength).to(device)
     n = len(images)
     steps = steps_per_epoch(n, config.batch_size)
     check_batch(config.batch_size, n, dist, "pretrain.batch_size")
