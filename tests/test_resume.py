@@ -61,7 +61,7 @@ def test_killed_steal_resumes_without_new_queries(tmp_path):
     metrics = run_dir / "metrics.jsonl"
     kill_when(start(preset, tmp_path), lambda: state.exists() and '"stage": "steal"' in metrics.read_text())
     assert rows(cache) == 96
-    assert torch.load(state, weights_only=False)["seconds"] > 0
+    assert torch.load(state, weights_only=True)["seconds"] > 0
 
     # 3. finishes: buys nothing, resumes training from the saved epoch
     done = start(preset, tmp_path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import hashlib
 import json
 import math
 import os
@@ -20,6 +21,7 @@ from torch import nn
 
 from encsteal.config import ConfigError
 from encsteal.distributed import SINGLE, Dist
+from encsteal.progress import progress_bar
 
 
 def resolve_device(name: str) -> torch.device:
@@ -98,6 +100,9 @@ class TrainContext:
     """When the stage started in this process (time.perf_counter)."""
     earlier_seconds: float = 0.0
     """Seconds the stage ran in earlier runs that were killed (EpochState.resume reads them from its state)."""
+    recipe: dict = field(default_factory=dict)
+    """What decides the result besides the loop's own settings (the pipeline's stage recipe: data, target,
+    defenses), recorded in the epoch state so that a state of other settings is never resumed."""
 
     def seconds(self) -> float:
         """The stage's wall time so far, its interrupted runs included."""
@@ -188,15 +193,30 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+def start_epoch(seed: int, epoch: int) -> torch.Generator:
+    """Seed the global RNG (augmentations draw from it) and return the shuffling generator for an epoch.
+
+    Both depend only on (seed, epoch), so a resumed run sees the same batches and augmentations as an
+    uninterrupted one — and query-aug re-sends exactly the images already in the query cache."""
+    torch.manual_seed(seed * 100_003 + epoch)
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
 class EpochState:
     """Saves modules and optimizer after each epoch (atomically) and restores them on a re-run, with the
-    stage's seconds so far, so that `ctx.seconds()` of a resumed stage counts its killed runs too."""
+    stage's seconds so far, so that `ctx.seconds()` of a resumed stage counts its killed runs too.
+
+    The state records the recipe it was trained under (the loop's own settings and `ctx.recipe`), and a state
+    of another recipe is refused: resuming it would mix two trainings into one encoder. It holds only tensors,
+    numbers, strings, lists and dicts, and is read with torch.load(weights_only=True)."""
 
     def __init__(self, ctx: TrainContext, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer,
-                 extra: dict[str, torch.Tensor] | None = None) -> None:
+                 recipe: dict, extra: dict[str, torch.Tensor] | None = None) -> None:
         self.ctx = ctx
         self.modules = modules
         self.optimizer = optimizer
+        # as it reads back from the file (JSON types: tuples become lists)
+        self.recipe = json.loads(json.dumps({**ctx.recipe, **recipe, "seed": ctx.seed}))
         self.extra = extra if extra is not None else {}
 
     @property
@@ -207,7 +227,16 @@ class EpochState:
         """Load a saved state if there is one; returns the first epoch still to run."""
         if self.path is None or not self.path.exists():
             return 0
-        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        saved = state.get("recipe")
+        if saved is None:
+            raise ConfigError(f"{self.path} was saved without the settings it was trained under (by an older "
+                              "encsteal), so it cannot be resumed safely: delete it to start this stage again")
+        if saved != self.recipe:
+            raise ConfigError(
+                f"{self.path} holds a half-trained stage made with other settings (different: "
+                f"{', '.join(differing_keys(saved, self.recipe))}): go back to those settings to resume it, or delete "
+                "it to start this stage again")
         for name, module in self.modules.items():
             module.load_state_dict(state["modules"][name])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -223,6 +252,7 @@ class EpochState:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         state = {
             "epoch": epoch,
+            "recipe": self.recipe,
             "modules": {name: module.state_dict() for name, module in self.modules.items()},
             "optimizer": self.optimizer.state_dict(),
             "extra": {name: tensor.detach().cpu() for name, tensor in self.extra.items()},
@@ -238,10 +268,70 @@ class EpochState:
             self.path.unlink()
 
 
-def start_epoch(seed: int, epoch: int) -> torch.Generator:
-    """Seed the global RNG (augmentations draw from it) and return the shuffling generator for an epoch.
+def differing_keys(saved, wanted, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested dicts, keys only one of them has included."""
+    if not isinstance(saved, dict) or not isinstance(wanted, dict):
+        return [] if saved == wanted else [prefix.rstrip(".") or "recipe"]
+    keys = [*saved, *(key for key in wanted if key not in saved)]
+    return [name for key in keys for name in differing_keys(saved.get(key), wanted.get(key), f"{prefix}{key}.")]
 
-    Both depend only on (seed, epoch), so a resumed run sees the same batches and augmentations as an
-    uninterrupted one — and query-aug re-sends exactly the images already in the query cache."""
-    torch.manual_seed(seed * 100_003 + epoch)
-    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+def _digest(images: torch.Tensor) -> str:
+    """SHA-256 of a tensor's shape, type and values."""
+    data = images.detach().cpu().contiguous()
+    return hashlib.sha256(f"{tuple(data.shape)}{data.dtype}".encode() + data.numpy().tobytes()).hexdigest()
+
+
+class EpochLoop:
+    """The epochs every training loop here runs: resumed from its saved state, seeded shuffled batches, the
+    scheduled learning rate at every step, and after every epoch the state saved, a metrics line and the
+    progress bar. A method keeps only its own step:
+
+        loop = EpochLoop(ctx, {"encoder": encoder}, optimizer, {"pretrain": settings}, images, stage="pretrain", ...)
+        for index in loop:          # the indices of this step's images
+            loss = ...              # the method's own forward pass and loss
+            loop.step(loss)         # backward pass and optimizer step
+
+    The state's recipe is the loop's `recipe` (its settings), `ctx.recipe`, the seed and the training images'
+    digest. Creating the loop restores a saved state (before the modules are wrapped for DDP or compiled); the
+    state file is deleted once the last epoch is done. Batches and augmentations depend on (seed, epoch) alone
+    (`start_epoch`), so a resumed run trains on what an unbroken run would."""
+
+    def __init__(self, ctx: TrainContext, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer,
+                 recipe: dict, images: torch.Tensor, *, stage: str, title: str, epochs: int, batch_size: int,
+                 lr: float, lr_schedule: str, warmup_epochs: int = 0, images_per_step: int,
+                 extra: dict[str, torch.Tensor] | None = None) -> None:
+        self.ctx, self.optimizer = ctx, optimizer
+        self.state = EpochState(ctx, modules, optimizer, {**recipe, "images": _digest(images)}, extra)
+        self.first_epoch = self.state.resume()
+        self.stage, self.title, self.epochs = stage, title, epochs
+        self.count, self.batch_size, self.images_per_step = len(images), batch_size, images_per_step
+        self.lr, self.lr_schedule, self.warmup_epochs = lr, lr_schedule, warmup_epochs
+        self.epoch_loss = 0.0
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        main = self.ctx.dist.main
+        steps = steps_per_epoch(self.count, self.batch_size)
+        with progress_bar(self.epochs - self.first_epoch, self.title, enabled=self.ctx.progress) as advance:
+            for epoch in range(self.first_epoch, self.epochs):
+                generator = start_epoch(self.ctx.seed, epoch)
+                started, self.epoch_loss = time.perf_counter(), 0.0
+                for step, index in enumerate(minibatches(self.count, self.batch_size, generator), start=epoch * steps):
+                    set_lr(self.optimizer, scheduled_lr(self.lr, self.lr_schedule, step, self.epochs * steps,
+                                                        self.warmup_epochs * steps))
+                    yield index
+                seconds = time.perf_counter() - started
+                loss = self.epoch_loss / max(steps, 1)
+                self.state.save(epoch, main)
+                self.ctx.log({"stage": self.stage, "epoch": epoch + 1, "loss": loss, "seconds": seconds,
+                              "lr": self.optimizer.param_groups[0]["lr"],
+                              "images_per_s": steps * self.images_per_step / seconds if seconds else None})
+                advance(1, status=f"loss {loss:.4f}")
+        self.state.finish(main)
+
+    def step(self, loss: torch.Tensor) -> None:
+        """Backward pass and optimizer step for this step's loss, counted in the epoch's mean loss."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.epoch_loss += loss.item()

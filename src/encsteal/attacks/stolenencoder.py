@@ -17,30 +17,16 @@ queried on every epoch's augmented images, (e + 1)·|D| queries.
 
 from __future__ import annotations
 
-import time
-
 import torch
 import torch.nn.functional as F
 
 from encsteal.augment import build_augmentation
 from encsteal.config import AttackConfig, ConfigError
 from encsteal.distributed import check_batch, gather, shard, unwrap, wrap
-from encsteal.losses import LABELLED_LOSSES, MIN_BATCH_SIZES, stealing_loss
+from encsteal.losses import LABELLED_LOSSES, MIN_BATCH_SIZES, StealingLoss, stealing_loss
 from encsteal.models import Encoder, build_encoder
-from encsteal.progress import progress_bar
 from encsteal.target import Target
-from encsteal.training import (
-    EpochState,
-    TrainContext,
-    channels_last_cat,
-    make_optimizer,
-    minibatches,
-    scheduled_lr,
-    set_lr,
-    start_epoch,
-    steps_per_epoch,
-    to_float_batch,
-)
+from encsteal.training import EpochLoop, TrainContext, channels_last_cat, make_optimizer, to_float_batch
 
 
 def _prepare(features: torch.Tensor, config: AttackConfig) -> torch.Tensor:
@@ -52,73 +38,59 @@ def _to_uint8(batch: torch.Tensor) -> torch.Tensor:
     return batch.clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
 
 
+def objective(config: AttackConfig, loss_fn: StealingLoss, v: torch.Tensor, stolen_clean: torch.Tensor,
+              v_views: list[torch.Tensor], stolen_views: list[torch.Tensor], labels: torch.Tensor | None) -> torch.Tensor:
+    """Eq. 7 on one batch: w·d(v, f_s(x)) + (λ/k)·Σ_j d(v_j, f_s(A_j(x))), where v = f_t(x) and v_j is the
+    feature bought for view j (query-aug) or v itself (StolenEncoder: f_t(A(x)) ≈ f_t(x))."""
+    loss = config.clean_weight * loss_fn(v, stolen_clean, labels) if config.clean_weight else 0.0
+    for v_j, stolen_j in zip(v_views, stolen_views, strict=True):
+        loss = loss + (config.lam / len(stolen_views)) * loss_fn(v_j, stolen_j, labels)
+    return loss
+
+
 def _train(
-    target_features: torch.Tensor | None,
+    target_features: torch.Tensor,
     surrogate: torch.Tensor,
     config: AttackConfig,
     ctx: TrainContext,
-    feature_dim: int,
     query_target: Target | None,
     labels: torch.Tensor | None,
 ) -> Encoder:
     """The training loop shared by both variants; query_target is set only for query-aug."""
     device, dist = ctx.device, ctx.dist
     torch.manual_seed(ctx.seed)
-    stolen = build_encoder(config.arch, config.stem, out_dim=feature_dim).to(device).to(memory_format=torch.channels_last)
+    stolen = build_encoder(config.arch, config.stem, out_dim=target_features.shape[1])
+    stolen = stolen.to(device).to(memory_format=torch.channels_last)
     optimizer = make_optimizer(config.optimizer, stolen.parameters(), config.lr, config.weight_decay, config.momentum)
-    state = EpochState(ctx, {"stolen": stolen}, optimizer)
-    first_epoch = state.resume()
+    views = config.views if config.lam > 0 else 0
+    loop = EpochLoop(ctx, {"stolen": stolen}, optimizer, {"attack": config.model_dump(mode="json")}, surrogate,
+                     stage="steal", title=f"stealing ({config.arch})", epochs=config.epochs,
+                     batch_size=config.batch_size, lr=config.lr, lr_schedule=config.lr_schedule,
+                     images_per_step=config.batch_size * (1 + views))
     loss_fn = stealing_loss(config.loss, config.temperature)
     augment = build_augmentation(config.augment, surrogate.shape[-1]).to(device)
-    views = config.views if config.lam > 0 else 0
-    n = len(surrogate)
-    steps = steps_per_epoch(n, config.batch_size)
-    check_batch(config.batch_size, n, dist, "attack.batch_size")
+    check_batch(config.batch_size, len(surrogate), dist, "attack.batch_size")
     model = ctx.compiled(wrap(stolen, dist, device))
 
     model.train()
-    with progress_bar(config.epochs - first_epoch, f"stealing ({config.arch})", enabled=ctx.progress) as advance:
-        for epoch in range(first_epoch, config.epochs):
-            generator = start_epoch(ctx.seed, epoch)
-            started, total_loss = time.perf_counter(), 0.0
-            for step, index in enumerate(minibatches(n, config.batch_size, generator), start=epoch * steps):
-                set_lr(optimizer, scheduled_lr(config.lr, config.lr_schedule, step, config.epochs * steps))
-                x = to_float_batch(surrogate[index], device)
-                batch = len(index)
-                augmented = [augment(x) for _ in range(views)]
-                if query_target is not None:
-                    # query-aug: pay for f_t(A(x)) of every view, every epoch
-                    v_views = [_prepare(query_target.embed(_to_uint8(a)), config).to(device) for a in augmented]
-                    augmented = [_to_uint8(a).to(device).float().div_(255) for a in augmented]  # what the target saw
-                else:
-                    v_views = []
-                v = target_features[index].to(device)
-                y = labels[index].to(device) if labels is not None else None
-                # One forward pass over the clean batch and all its views: one graph, k + 1 times the batch
-                # (under torchrun, this rank's slice of each, gathered back into the whole batch).
-                with ctx.autocast():
-                    part = model(channels_last_cat([shard(t, dist) for t in (x, *augmented)]))
-                part = part.float()
-                if dist.active:
-                    out = _prepare(torch.cat([gather(p, dist) for p in part.tensor_split(1 + views)]), config)
-                else:
-                    out = _prepare(part, config)
-                loss = config.clean_weight * loss_fn(v, out[:batch], y) if config.clean_weight else 0.0
-                for j in range(views):
-                    v_j = v_views[j] if query_target is not None else v
-                    loss = loss + (config.lam / views) * loss_fn(v_j, out[(j + 1) * batch : (j + 2) * batch], y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total_loss += loss.item()
-            seconds = time.perf_counter() - started
-            images = steps * config.batch_size * (1 + views) if steps else 0
-            state.save(epoch, dist.main)
-            ctx.log({"stage": "steal", "epoch": epoch + 1, "loss": total_loss / max(steps, 1),
-                     "seconds": seconds, "lr": optimizer.param_groups[0]["lr"],
-                     "images_per_s": images / seconds if seconds else None})
-            advance(1, status=f"loss {total_loss / max(steps, 1):.4f}")
-    state.finish(dist.main)
+    for index in loop:
+        x = to_float_batch(surrogate[index], device)
+        augmented = [augment(x) for _ in range(views)]
+        v = target_features[index].to(device)
+        if query_target is not None:
+            # query-aug: pay for f_t(A(x)) of every view, every epoch, and train on the images the target saw
+            v_views = [_prepare(query_target.embed(_to_uint8(a)), config).to(device) for a in augmented]
+            augmented = [_to_uint8(a).to(device).float().div_(255) for a in augmented]
+        else:
+            v_views = [v] * views
+        # One forward pass over the clean batch and all its views: one graph, k + 1 times the batch
+        # (under torchrun, this rank's slice of each, gathered back into the whole batch).
+        with ctx.autocast():
+            part = model(channels_last_cat([shard(t, dist) for t in (x, *augmented)])).float()
+        out = _prepare(torch.cat([gather(p, dist) for p in part.tensor_split(1 + views)]) if dist.active else part, config)
+        stolen_clean, *stolen_views = out.tensor_split(1 + views)
+        y = labels[index].to(device) if labels is not None else None
+        loop.step(objective(config, loss_fn, v, stolen_clean, v_views, stolen_views, y))
     return unwrap(model).eval()
 
 
@@ -141,7 +113,7 @@ def steal(target: Target, surrogate: torch.Tensor, config: AttackConfig, ctx: Tr
     `labels` (one per image) are used only by label-using losses (supcon)."""
     _check(config, labels)
     features = _prepare(target.embed(surrogate), config)
-    return _train(features, surrogate, config, ctx, features.shape[1], query_target=None, labels=labels)
+    return _train(features, surrogate, config, ctx, query_target=None, labels=labels)
 
 
 def steal_query_aug(target: Target, surrogate: torch.Tensor, config: AttackConfig, ctx: TrainContext,
@@ -151,4 +123,4 @@ def steal_query_aug(target: Target, surrogate: torch.Tensor, config: AttackConfi
     if config.lam == 0:
         raise ConfigError("attack stolenencoder-query-aug queries augmented images, and attack.lam=0 has none: use attack.name=stolenencoder")
     features = _prepare(target.embed(surrogate), config)
-    return _train(features, surrogate, config, ctx, features.shape[1], query_target=target, labels=labels)
+    return _train(features, surrogate, config, ctx, query_target=target, labels=labels)

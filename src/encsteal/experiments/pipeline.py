@@ -80,13 +80,15 @@ class Run:
     def stolen_path(self) -> Path:
         return self.dir / "stolen.safetensors"
 
-    def context(self, stage: str, dist: Dist | None = None) -> TrainContext:
-        """A training loop's context; `dist=SINGLE` for a loop that rank 0 runs alone."""
+    def context(self, stage: str, recipe: dict, dist: Dist | None = None) -> TrainContext:
+        """A training loop's context; `recipe` is the stage's (its epoch state is resumed only under the same);
+        `dist=SINGLE` for a loop that rank 0 runs alone."""
         dist = self.dist if dist is None else dist
         return TrainContext(
             device=self.device,
             seed=self.config.seed,
             state_path=self.dir / "state" / f"{stage}.pt",
+            recipe=recipe,
             log=MetricsLog(self.dir / "metrics.jsonl" if self.dist.main else None),
             progress=self.progress,
             dist=dist,
@@ -147,7 +149,7 @@ def pretrain(run: Run) -> Path:
     seed_everything(config.seed)
     pc = config.pretrain
     images = pretraining_images(pc.dataset, pc.split, pc.limit, config.seed, **run.data_kwargs())
-    ctx = run.context("pretrain")
+    ctx = run.context("pretrain", recipe)
     encoder = PRETRAINERS[pc.method](images, pc, ctx)
     seconds = ctx.seconds()  # a killed run's seconds count too
     if not run.dist.main:
@@ -202,7 +204,7 @@ def _with_shadow(run: Run, poisoning: PoisoningConfig) -> PoisoningConfig:
             images = images[draw(poisoning.shadow_images, len(images), config.seed + 5)]
         target = LocalTarget(encoder, image_size=config.data.image_size, device=run.device, batch_size=config.evaluate.batch_size)
         seed_everything(config.seed)
-        shadow = ATTACKS["stolenencoder"](target, images, attack, run.context(path.stem, SINGLE))  # rank 0 alone
+        shadow = ATTACKS["stolenencoder"](target, images, attack, run.context(path.stem, recipe, SINGLE))  # rank 0 alone
         save_encoder(shadow, path, {"role": "shadow", "recipe": recipe, "image_size": config.data.image_size, **provenance()})
     return poisoning.model_copy(update={"shadow": path})
 
@@ -270,7 +272,7 @@ def steal(run: Run) -> Path:
     )
     labels = _surrogate_labels(surrogate_record, run)
     if not run.dist.main:  # under torchrun: train on the answers rank 0 buys
-        ATTACKS[config.attack.name](SharedAnswers(None, run.dist), surrogate, config.attack, run.context("steal"),
+        ATTACKS[config.attack.name](SharedAnswers(None, run.dist), surrogate, config.attack, run.context("steal", recipe),
                                     labels=labels)
         barrier(run.dist)  # until rank 0 has written the stolen encoder
         return run.stolen_path
@@ -278,7 +280,7 @@ def steal(run: Run) -> Path:
         cache = QueryCache(config.target.query_cache or run.dir / "queries.sqlite", target_id)
         cached = CachedTarget(target, cache, run=str(run.dir.resolve()), batch_size=config.target.query_batch_size,
                               progress=run.progress)
-        ctx = run.context("steal")
+        ctx = run.context("steal", recipe)
         stolen = ATTACKS[config.attack.name](SharedAnswers(cached, run.dist), surrogate, config.attack, ctx,
                                              labels=labels)
         seconds = ctx.seconds()  # a killed run's seconds count too

@@ -11,7 +11,6 @@ The momentum copy follows θ_m ← m·θ_m + (1 − m)·θ after every step.
 from __future__ import annotations
 
 import copy
-import time
 
 import torch
 import torch.nn.functional as F
@@ -20,19 +19,7 @@ from encsteal.augment import build_augmentation
 from encsteal.config import ConfigError, PretrainConfig
 from encsteal.models import Encoder, build_encoder
 from encsteal.models.heads import ProjectionHead
-from encsteal.progress import progress_bar
-from encsteal.training import (
-    EpochState,
-    TrainContext,
-    channels_last,
-    make_optimizer,
-    minibatches,
-    scheduled_lr,
-    set_lr,
-    start_epoch,
-    steps_per_epoch,
-    to_float_batch,
-)
+from encsteal.training import EpochLoop, TrainContext, channels_last, make_optimizer, to_float_batch
 
 
 def moco_loss(queries: torch.Tensor, keys: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -61,49 +48,31 @@ def pretrain_moco(images: torch.Tensor, config: PretrainConfig, ctx: TrainContex
     queue_pointer = torch.zeros((), dtype=torch.long)
     parameters = [*encoder.parameters(), *head.parameters()]
     optimizer = make_optimizer(config.optimizer, parameters, config.lr, config.weight_decay, config.momentum)
-    state = EpochState(
+    loop = EpochLoop(
         ctx,
         {"encoder": encoder, "head": head, "momentum_encoder": momentum_encoder, "momentum_head": momentum_head},
-        optimizer,
-        extra={"queue": queue, "queue_pointer": queue_pointer},
+        optimizer, {"pretrain": config.model_dump(mode="json")}, images, stage="pretrain",
+        title=f"pre-training {config.arch} (MoCo v2)", epochs=config.epochs, batch_size=config.batch_size,
+        lr=config.lr, lr_schedule=config.lr_schedule, warmup_epochs=config.warmup_epochs,
+        images_per_step=2 * config.batch_size, extra={"queue": queue, "queue_pointer": queue_pointer},
     )
-    first_epoch = state.resume()
     augment = build_augmentation(config.augment, config.view_size or images.shape[-1], color_strength=config.color_strength).to(device)
     online = [*encoder.parameters(), *head.parameters()]
     momentum = [*momentum_encoder.parameters(), *momentum_head.parameters()]
-    n = len(images)
-    steps = steps_per_epoch(n, config.batch_size)
 
     for module in (encoder, head, momentum_encoder, momentum_head):
         module.train()
-    with progress_bar(config.epochs - first_epoch, f"pre-training {config.arch} (MoCo v2)", enabled=ctx.progress) as advance:
-        for epoch in range(first_epoch, config.epochs):
-            generator = start_epoch(ctx.seed, epoch)
-            started, total_loss = time.perf_counter(), 0.0
-            for step, index in enumerate(minibatches(n, config.batch_size, generator), start=epoch * steps):
-                set_lr(optimizer, scheduled_lr(config.lr, config.lr_schedule, step, config.epochs * steps,
-                                               config.warmup_epochs * steps))
-                x = to_float_batch(images[index], device)
-                x_q, x_k = (channels_last(view) for view in augment(torch.cat([x, x])).chunk(2))
-                queries = head(encoder(x_q))
-                with torch.no_grad():
-                    torch._foreach_mul_(momentum, config.moco_momentum)
-                    torch._foreach_add_(momentum, online, alpha=1 - config.moco_momentum)
-                    keys = F.normalize(momentum_head(momentum_encoder(x_k)), dim=1)
-                loss = moco_loss(queries, keys, queue, config.temperature)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total_loss += loss.item()
-                with torch.no_grad():  # enqueue the newest keys over the oldest
-                    slots = (queue_pointer + torch.arange(len(keys))) % len(queue)
-                    queue[slots.to(device)] = keys
-                    queue_pointer.copy_((queue_pointer + len(keys)) % len(queue))
-            seconds = time.perf_counter() - started
-            state.save(epoch)
-            ctx.log({"stage": "pretrain", "epoch": epoch + 1, "loss": total_loss / max(steps, 1), "seconds": seconds,
-                     "lr": optimizer.param_groups[0]["lr"],
-                     "images_per_s": 2 * steps * config.batch_size / seconds if seconds else None})
-            advance(1, status=f"loss {total_loss / max(steps, 1):.4f}")
-    state.finish()
+    for index in loop:
+        x = to_float_batch(images[index], device)
+        x_q, x_k = (channels_last(view) for view in augment(torch.cat([x, x])).chunk(2))
+        queries = head(encoder(x_q))
+        with torch.no_grad():
+            torch._foreach_mul_(momentum, config.moco_momentum)
+            torch._foreach_add_(momentum, online, alpha=1 - config.moco_momentum)
+            keys = F.normalize(momentum_head(momentum_encoder(x_k)), dim=1)
+        loop.step(moco_loss(queries, keys, queue, config.temperature))
+        with torch.no_grad():  # enqueue the newest keys over the oldest
+            slots = (queue_pointer + torch.arange(len(keys))) % len(queue)
+            queue[slots.to(device)] = keys
+            queue_pointer.copy_((queue_pointer + len(keys)) % len(queue))
     return encoder.eval()

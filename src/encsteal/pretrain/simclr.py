@@ -10,8 +10,6 @@ views (`encsteal.losses.multi_crop_nt_xent`); the full and the small views go th
 
 from __future__ import annotations
 
-import time
-
 import torch
 from torch import nn
 
@@ -21,19 +19,7 @@ from encsteal.distributed import check_batch, gather, shard, wrap
 from encsteal.losses import multi_crop_nt_xent
 from encsteal.models import Encoder, build_encoder
 from encsteal.models.heads import ProjectionHead
-from encsteal.progress import progress_bar
-from encsteal.training import (
-    EpochState,
-    TrainContext,
-    channels_last_cat,
-    make_optimizer,
-    minibatches,
-    scheduled_lr,
-    set_lr,
-    start_epoch,
-    steps_per_epoch,
-    to_float_batch,
-)
+from encsteal.training import EpochLoop, TrainContext, channels_last_cat, make_optimizer, to_float_batch
 
 
 class EachBatch(nn.Module):
@@ -56,46 +42,29 @@ def pretrain_simclr(images: torch.Tensor, config: PretrainConfig, ctx: TrainCont
     head = ProjectionHead(encoder.feature_dim, encoder.feature_dim, config.projection_dim).to(device)
     parameters = [*encoder.parameters(), *head.parameters()]
     optimizer = make_optimizer(config.optimizer, parameters, config.lr, config.weight_decay, config.momentum)
-    state = EpochState(ctx, {"encoder": encoder, "head": head}, optimizer)
-    first_epoch = state.resume()
+    loop = EpochLoop(ctx, {"encoder": encoder, "head": head}, optimizer, {"pretrain": config.model_dump(mode="json")},
+                     images, stage="pretrain", title=f"pre-training {config.arch} (SimCLR)", epochs=config.epochs,
+                     batch_size=config.batch_size, lr=config.lr, lr_schedule=config.lr_schedule,
+                     warmup_epochs=config.warmup_epochs, images_per_step=2 * config.batch_size)
     augment = build_augmentation(config.augment, config.view_size or images.shape[-1], color_strength=config.color_strength).to(device)
     small = config.small_views
     if small:
         small_augment = build_augmentation(config.augment, config.small_view_size, SMALL_CROP_SCALE, config.color_strength).to(device)
-    n = len(images)
-    steps = steps_per_epoch(n, config.batch_size)
-    check_batch(config.batch_size, n, dist, "pretrain.batch_size")
+    check_batch(config.batch_size, len(images), dist, "pretrain.batch_size")
     model = ctx.compiled(wrap(EachBatch(nn.Sequential(encoder, head)), dist, device))
 
     model.train()
-    with progress_bar(config.epochs - first_epoch, f"pre-training {config.arch} (SimCLR)", enabled=ctx.progress) as advance:
-        for epoch in range(first_epoch, config.epochs):
-            generator = start_epoch(ctx.seed, epoch)
-            started, total_loss = time.perf_counter(), 0.0
-            for step, index in enumerate(minibatches(n, config.batch_size, generator), start=epoch * steps):
-                set_lr(optimizer, scheduled_lr(config.lr, config.lr_schedule, step, config.epochs * steps,
-                                               config.warmup_epochs * steps))
-                x = to_float_batch(images[index], device)
-                full_views = augment(torch.cat([x, x])).chunk(2)  # one call, every row its own draw
-                # this rank's slice of every view (all of them in one process); the loss on the whole batch
-                batches = [channels_last_cat([shard(view, dist) for view in full_views])]
-                if small:
-                    small_views = small_augment(x.repeat(small, 1, 1, 1)).chunk(small)
-                    batches.append(channels_last_cat([shard(view, dist) for view in small_views]))
-                with ctx.autocast():
-                    parts = model(batches)
-                full = [gather(p, dist) for p in parts[0].float().chunk(2)]
-                crops = [gather(p, dist) for p in parts[1].float().chunk(small)] if small else []
-                loss = multi_crop_nt_xent(full, crops, config.temperature)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total_loss += loss.item()
-            seconds = time.perf_counter() - started
-            state.save(epoch, dist.main)
-            ctx.log({"stage": "pretrain", "epoch": epoch + 1, "loss": total_loss / max(steps, 1), "seconds": seconds,
-                     "lr": optimizer.param_groups[0]["lr"],
-                     "images_per_s": 2 * steps * config.batch_size / seconds if seconds else None})
-            advance(1, status=f"loss {total_loss / max(steps, 1):.4f}")
-    state.finish(dist.main)
+    for index in loop:
+        x = to_float_batch(images[index], device)
+        full_views = augment(torch.cat([x, x])).chunk(2)  # one call, every row its own draw
+        # this rank's slice of every view (all of them in one process); the loss on the whole batch
+        batches = [channels_last_cat([shard(view, dist) for view in full_views])]
+        if small:
+            small_views = small_augment(x.repeat(small, 1, 1, 1)).chunk(small)
+            batches.append(channels_last_cat([shard(view, dist) for view in small_views]))
+        with ctx.autocast():
+            parts = model(batches)
+        full = [gather(p, dist) for p in parts[0].float().chunk(2)]
+        crops = [gather(p, dist) for p in parts[1].float().chunk(small)] if small else []
+        loop.step(multi_crop_nt_xent(full, crops, config.temperature))
     return encoder.eval()
