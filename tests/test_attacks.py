@@ -123,3 +123,80 @@ def test_compiled_steal_returns_the_plain_encoder(target, surrogate):
     context = TrainContext(device=torch.device("cpu"), seed=0, progress=False, compile=True)
     stolen = ATTACKS["stolenencoder"](target, surrogate, config, context)
     assert isinstance(stolen, Encoder)  # not torch.compile's wrapper: it saves and loads like any encoder
+
+
+class RecordingTarget:
+    """The victim, recording every batch of images it is asked about and its answers."""
+
+    def __init__(self, target):
+        self.target, self.asked, self.answers = target, [], []
+
+    @property
+    def queries(self):
+        return self.target.queries
+
+    def embed(self, images):
+        self.asked.append(images.clone())
+        self.answers.append(self.target.embed(images))
+        return self.answers[-1]
+
+
+@pytest.fixture
+def stolen_inputs(monkeypatch):
+    """Every batch the encoder being trained (the one in training mode) is given."""
+    batches = []
+    real_forward = Encoder.forward
+
+    def recording_forward(self, batch):
+        if self.training:
+            batches.append(batch.detach().float().clone())
+        return real_forward(self, batch)
+
+    monkeypatch.setattr(Encoder, "forward", recording_forward)
+    return batches
+
+
+def l2(a, b):
+    return (a - b).norm(dim=1).mean()
+
+
+@pytest.mark.parametrize("name, clean_weight, lam, views", [
+    ("stolenencoder", 1.0, 20.0, 1),  # the paper's
+    ("stolenencoder", 2.0, 0.5, 3),  # the official code's k views, weights far from 1 and λ/k
+    ("stolenencoder", 0.7, 0.0, 1),  # w/o-aug: no view at all
+    ("stolenencoder-query-aug", 0.5, 3.0, 2),
+])
+def test_one_step_loss_is_eq7_by_hand(name, clean_weight, lam, views, target, stolen_inputs):
+    """One step (8 images, batch 8): the logged loss is w·d(v, f(x)) + (λ/k)·Σ_j d(v_j, f(A_j x)) computed here from
+    what the copy was given, with v = f_t(x) and v_j = v, or, for query-aug, the features bought for view j."""
+    surrogate = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    config = AttackConfig(name=name, arch="small_cnn", epochs=1, batch_size=8, clean_weight=clean_weight, lam=lam,
+                          views=views, augment=["horizontal_flip", "color_jitter"])
+    victim, logged = RecordingTarget(target), []
+    ATTACKS[name](victim, surrogate, config, TrainContext(device=torch.device("cpu"), seed=0, progress=False,
+                                                          log=logged.append))
+    torch.manual_seed(0)  # the copy as the attack initialises it
+    initial = build_encoder("small_cnn", out_dim=target.feature_dim).train()
+    (batch,) = stolen_inputs
+    with torch.no_grad():
+        f = initial(batch).tensor_split(1 + (views if lam else 0))
+    clean, *augmented = batch.tensor_split(len(f))
+    # which surrogate image each clean row is, and its feature bought first: v = f_t(x)
+    order = [next(i for i, image in enumerate(surrogate) if torch.equal(image.float() / 255, row)) for row in clean]
+    assert victim.asked[0].equal(surrogate)
+    v = victim.answers[0][order]
+    if name == "stolenencoder-query-aug":
+        assert len(victim.asked) == 1 + views
+        for view, asked in zip(augmented, victim.asked[1:]):
+            assert torch.equal(view, asked.float() / 255)  # the copy trains on the images the target saw
+        v_views = victim.answers[1:]
+        assert not torch.allclose(v_views[0], v)  # and against what was bought for them, not f_t(x)
+    else:
+        assert len(victim.asked) == 1  # one query per image
+        v_views = [v] * len(augmented)
+    expected = clean_weight * l2(v, f[0]) + sum(lam / views * l2(v_j, f_j) for v_j, f_j in zip(v_views, f[1:]))
+    (epoch,) = logged
+    assert epoch["loss"] == pytest.approx(expected.item(), rel=1e-4)
+    if lam:  # the weights on the wrong terms give another loss
+        swapped = lam / views * l2(v, f[0]) + sum(clean_weight * l2(v_j, f_j) for v_j, f_j in zip(v_views, f[1:]))
+        assert epoch["loss"] != pytest.approx(swapped.item(), rel=1e-2)
