@@ -1,5 +1,6 @@
-"""Data-parallel training: two gloo processes give the one-process gradient, and `torchrun -m encsteal run`
-trains on two processes that share one purchase of the queries."""
+"""Data-parallel training: two gloo processes give the one-process loss and gradient (of a toy layer, and of
+StolenEncoder's and SimCLR's real steps), and `torchrun -m encsteal run` trains on two processes that share one
+purchase of the queries."""
 
 import json
 import os
@@ -17,9 +18,15 @@ import yaml
 from torch import nn
 
 from conftest import tiny_tree
+from encsteal.attacks import ATTACKS
+from encsteal.config import AttackConfig, PretrainConfig
 from encsteal.distributed import Dist, SharedAnswers, gather, shard, wrap
 from encsteal.losses import multi_crop_nt_xent, nt_xent
+from encsteal.models import build_encoder
+from encsteal.pretrain import PRETRAINERS
 from encsteal.pretrain.simclr import EachBatch
+from encsteal.target import LocalTarget
+from encsteal.training import TrainContext
 
 
 def _batch():
@@ -76,6 +83,58 @@ def test_two_processes_give_the_one_process_gradient_and_share_the_answers(multi
         saved = torch.load(tmp_path / f"rank{rank}.pt")
         torch.testing.assert_close(saved["grad"], _weight(model).grad, rtol=1e-5, atol=1e-6)
         assert saved["answers"].tolist() == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
+
+
+def _train_one_step(method: str, dist: Dist) -> tuple[float, dict[str, torch.Tensor]]:
+    """One step of a real training loop on 8 images: its loss and the encoder's gradients."""
+    torch.set_num_threads(1)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    logged = []
+    ctx = TrainContext(device=torch.device("cpu"), seed=0, progress=False, dist=dist, log=logged.append)
+    if method == "simclr":  # two full views and two small crops of each image
+        config = PretrainConfig(arch="small_cnn", stem="imagenet", epochs=1, batch_size=8, small_views=2,
+                                small_view_size=16)
+        encoder = PRETRAINERS["simclr"](images, config, ctx)
+    else:  # the clean batch and two augmented views in one forward pass
+        torch.manual_seed(5)
+        target = LocalTarget(build_encoder("small_cnn", "imagenet"), image_size=32, device=torch.device("cpu"))
+        config = AttackConfig(name=method, arch="small_cnn", stem="imagenet", epochs=1, batch_size=8, views=2,
+                              augment=["horizontal_flip", "color_jitter"])
+        encoder = ATTACKS[method](target, images, config, ctx)
+    (epoch,) = logged
+    return epoch["loss"], {name: p.grad.clone() for name, p in encoder.named_parameters()}
+
+
+def _without_batch_norm() -> None:
+    """BatchNorm's statistics are the one thing computed per process (on each rank's slice of the batch, as
+    documented in encsteal.distributed); without them two processes must give the one-process step."""
+    nn.BatchNorm1d = nn.BatchNorm2d = nn.Identity
+
+
+def _real_step_worker(rank: int, world: int, init_file: str, out_dir: str, method: str) -> None:
+    torch_dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    _without_batch_norm()
+    loss, grads = _train_one_step(method, Dist(rank=rank, world=world))
+    torch.save({"loss": loss, "grads": grads}, f"{out_dir}/rank{rank}.pt")
+    torch_dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("method", ["stolenencoder", "simclr"])
+def test_real_training_steps_on_two_processes_match_one(method, tmp_path, monkeypatch):
+    monkeypatch.setattr(nn, "BatchNorm1d", nn.Identity)
+    monkeypatch.setattr(nn, "BatchNorm2d", nn.Identity)
+    threads = torch.get_num_threads()
+    try:
+        loss, grads = _train_one_step(method, Dist())
+    finally:
+        torch.set_num_threads(threads)
+    mp.spawn(_real_step_worker, args=(2, str(tmp_path / "init"), str(tmp_path), method), nprocs=2, join=True)
+    for rank in range(2):
+        saved = torch.load(tmp_path / f"rank{rank}.pt")
+        assert saved["loss"] == pytest.approx(loss, rel=1e-5)  # every rank's loss is the whole batch's
+        assert saved["grads"].keys() == grads.keys()
+        for name, grad in grads.items():
+            torch.testing.assert_close(saved["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_shared_answers_refuses_a_target_on_the_wrong_rank():
