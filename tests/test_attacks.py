@@ -200,3 +200,32 @@ def test_one_step_loss_is_eq7_by_hand(name, clean_weight, lam, views, target, st
     if lam:  # the weights on the wrong terms give another loss
         swapped = lam / views * l2(v, f[0]) + sum(clean_weight * l2(v_j, f_j) for v_j, f_j in zip(v_views, f[1:]))
         assert epoch["loss"] != pytest.approx(swapped.item(), rel=1e-2)
+
+
+def test_surrogate_pretrain_trains_with_the_attacks_optimizer(target, surrogate, monkeypatch):
+    from encsteal.attacks import surrogate_pretrain
+
+    given, real = [], surrogate_pretrain.pretrain_simclr
+
+    def recording(images, config, ctx):
+        given.append(config)
+        return real(images, config, ctx)
+
+    monkeypatch.setattr(surrogate_pretrain, "pretrain_simclr", recording)
+    config = AttackConfig(name="surrogate-pretrain", arch="small_cnn", epochs=1, batch_size=12, optimizer="sgd",
+                          momentum=0.5, lr=0.05, weight_decay=1e-4)
+    ATTACKS["surrogate-pretrain"](target, surrogate, config, ctx())
+    (simclr,) = given
+    assert (simclr.optimizer, simclr.momentum, simclr.lr, simclr.weight_decay) == ("sgd", 0.5, 0.05, 1e-4)
+
+
+@pytest.mark.parametrize("update, named", [
+    ({"loss": "mse"}, "attack.loss=mse"),
+    ({"lam": 0.0, "views": 2}, "attack.lam=0.0, attack.views=2"),
+    ({"clean_weight": 0.0}, "attack.clean_weight=0.0"),
+    ({"normalize_features": True}, "attack.normalize_features=True"),
+])
+def test_surrogate_pretrain_refuses_the_objectives_settings(update, named, target, surrogate):
+    config = AttackConfig(name="surrogate-pretrain", arch="small_cnn", epochs=1, batch_size=12, **update)
+    with pytest.raises(ConfigError, match=f"no use for {named}: leave them out"):
+        ATTACKS["surrogate-pretrain"](target, surrogate, config, ctx())
