@@ -7,6 +7,7 @@ import sys
 import pytest
 import yaml
 
+from encsteal.checkpoint import CheckpointError
 from encsteal.config import config_from_dict, load_config
 from encsteal.experiments.pipeline import Run, RunDirError, evaluate, pretrain, run_all, steal
 
@@ -38,7 +39,7 @@ def test_run_writes_everything_and_reruns_for_free(tiny_config):
 def test_changed_settings_in_the_same_run_dir_are_refused(tiny_config):
     run_all(tiny_config, progress=False)
     changed = tiny_config.model_copy(update={"attack": tiny_config.attack.model_copy(update={"lam": 1.0})})
-    with pytest.raises(RunDirError, match="other settings"):
+    with pytest.raises(CheckpointError, match="other settings"):
         steal(Run.open(changed, progress=False))
 
 

@@ -5,11 +5,14 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from conftest import tiny_tree
-from encsteal.config import ConfigError
+from encsteal.checkpoint import save_encoder
+from encsteal.config import ConfigError, config_from_dict
 from encsteal.experiments.sweep import ResultStore, pending, plan, read_spec, run_sweep, share
+from encsteal.models import build_encoder
 
 
 def write_sweep(tmp_path, **spec):
@@ -111,3 +114,26 @@ def test_sweep_command_names_an_unknown_executor(tmp_path):
 
     result = CliRunner().invoke(app, ["sweep", str(write_sweep(tmp_path)), "--executor", "ray-by-hand"])
     assert result.exit_code == 2 and "use inline or submitit" in " ".join(result.output.split())
+
+
+def test_runs_whose_poisoning_shadows_differ_never_share_a_query_cache(tmp_path):
+    def cache(defenses, lr=1e-3):
+        config = config_from_dict(tiny_tree(target={"defenses": defenses}, attack={"lr": lr}))
+        return share(config, tmp_path, True).target.query_cache
+
+    poisoning = {"name": "poisoning", "epsilon": 0.5}
+    assert cache([]) == cache([], lr=3e-3)  # the attacker's settings are no part of an undefended target
+    # ...but the run-trained shadow encoder is trained with them
+    assert cache([poisoning]) != cache([poisoning], lr=3e-3)
+    assert cache([poisoning]) == cache([poisoning])
+    given = {**poisoning, "shadow": str(tmp_path / "shadow.safetensors")}
+
+    def write_shadow(seed):
+        torch.manual_seed(seed)
+        save_encoder(build_encoder("small_cnn", "imagenet"), tmp_path / "shadow.safetensors",
+                     {"role": "shadow", "image_size": 32})
+
+    write_shadow(0)
+    first = cache([given])
+    write_shadow(1)
+    assert cache([given]) != first  # a given shadow by its weights: two files at one path are two defenses

@@ -11,8 +11,11 @@ a sidecar (seen as unfinished), or the new complete checkpoint -- never a sideca
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import torch
@@ -84,6 +87,39 @@ def read_sidecar(path: Path) -> dict:
     return meta
 
 
+def provenance() -> dict:
+    """Versions and the source revision, for sidecars."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        sha = None
+    return {"git_sha": sha, "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes (a checkpoint's weights, in the recipes of what was made from it)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def reusable(path: Path, recipe: dict, what: str) -> bool:
+    """True if the checkpoint `path` exists and its sidecar records `recipe` as what it was made by; an existing
+    checkpoint of another recipe is an error (it is never overwritten unasked)."""
+    sidecar = sidecar_path(path)
+    if not Path(path).exists() or not sidecar.exists():
+        return False
+    if read_sidecar(path).get("recipe") != recipe:
+        raise CheckpointError(
+            f"{path} holds a {what} made with other settings; use a new run_dir (or delete the file) to make another"
+        )
+    return True
+
+
 def _mismatch(expected: dict[str, torch.Tensor], saved: dict[str, torch.Tensor]) -> str:
     """'' if `saved` fits `expected` exactly, else a short account of the differences."""
 
@@ -126,4 +162,5 @@ def load_encoder(path: Path, device: str | torch.device = "cpu") -> tuple[Encode
     return encoder.to(device).eval(), meta
 
 
-__all__ = ["CheckpointError", "load_encoder", "read_sidecar", "save_encoder", "sidecar_path"]
+__all__ = ["CheckpointError", "file_digest", "load_encoder", "provenance", "read_sidecar", "reusable", "save_encoder",
+           "sidecar_path"]

@@ -133,6 +133,20 @@ def evaluate(preset: Preset, overrides: Overrides = None, quiet: Quiet = False) 
 Db = Annotated[str, typer.Option("--db", help="The account database: a file path (SQLite) or an SQLAlchemy URL.")]
 
 
+def shown_database(db: str) -> str:
+    """The account database as it may be printed: a file path as it is, an SQLAlchemy URL with its password
+    masked (postgresql://user:***@host/db)."""
+    if "://" not in db:
+        return db
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(db).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "the database URL given"  # unparsable: it may still hold a password
+
+
 @app.command()
 def serve(
     checkpoint: Annotated[Path, typer.Argument(help="The encoder to serve (.safetensors with its .json sidecar).")],
@@ -160,7 +174,7 @@ def serve(
             raise ConfigError(f"--defense: {exc}") from None
         settings = ServeSettings(checkpoint=checkpoint, db=db, defenses=defenses, device=device, threads=threads,
                                  max_batch=max_batch, description=description)
-        errors.print(f"serving {checkpoint} on http://{host}:{port} (docs at /docs), accounts in {db}")
+        errors.print(f"serving {checkpoint} on http://{host}:{port} (docs at /docs), accounts in {shown_database(db)}")
         run_server(settings, host=host, port=port, workers=workers, log_level="info")
 
     _guard(start)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from encsteal.checkpoint import load_encoder, save_encoder
-from encsteal.defenses import DEFENSES, DefendedEncoder, build_defense, describe, parse_defense
+from encsteal.defenses import DEFENSES, SECRET_MASK, DefendedEncoder, build_defense, describe, identity, parse_defense
 from encsteal.defenses.poisoning import FeaturePoisoning, PoisoningConfig
 from encsteal.losses import DISTANCES
 from encsteal.models import build_encoder
@@ -35,7 +35,8 @@ def batch(n=6, seed=0):
 @pytest.mark.parametrize("name", list(DEFENSES))
 def test_every_defense_parses_builds_and_answers_finite_features(name, shadow, one_thread):
     config = parse_defense(spec_of(name, shadow))
-    assert parse_defense(describe([config])) == config  # the description reads back
+    # the description reads back (but for the secret it masks)
+    assert parse_defense(describe([config]).replace(f"secret={SECRET_MASK}", "secret=0")) == config
     defense = build_defense(config, CPU, 32)
     features = torch.randn(6, 256)
     out = defense(batch(), features)
@@ -119,3 +120,28 @@ def test_served_defenses_answer_like_the_local_ones(name, shadow, tmp_path, one_
     encoder, _ = load_encoder(checkpoint)
     local = LocalTarget(encoder, image_size=32, device=CPU, defenses=[build_defense(config, CPU, 32)]).embed(images)
     torch.testing.assert_close(remote, local, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["noise", "poisoning"])
+def test_secrets_are_masked_in_descriptions_and_keyed_hashes_in_identities(name, shadow):
+    secret, other = 918273645, 5
+    first, second = (parse_defense(f"{spec_of(name, shadow)},secret={value}") for value in (secret, other))
+    assert describe([first]) == describe([second]) and f"secret={SECRET_MASK}" in describe([first])
+    assert str(secret) not in identity([first]) and identity([first]) != identity([second])
+    assert identity([first]) == identity([parse_defense(f"{spec_of(name, shadow)},secret={secret}")])
+    if name == "noise":  # the default secret as it was, so that recipes and caches made before still match
+        assert identity([parse_defense("noise:sigma=0.2")]) == "noise:sigma=0.2,secret=0"
+    with pytest.raises(ValueError, match="secret"):
+        parse_defense(f"{spec_of(name, shadow)},secret={2**63}")  # what the per-image seeds take
+
+
+def test_a_shadow_encoder_is_identified_by_its_weights(tmp_path):
+    path = tmp_path / "shadow.safetensors"
+    torch.manual_seed(0)
+    save_encoder(build_encoder("small_cnn", "imagenet"), path, {"role": "shadow", "image_size": 32})
+    config = parse_defense(f"poisoning:epsilon=0.5,shadow={path}")
+    before = identity([config])
+    torch.manual_seed(1)
+    save_encoder(build_encoder("small_cnn", "imagenet"), path, {"role": "shadow", "image_size": 32})
+    assert identity([config]) != before  # another shadow at the same path: another defense
+    assert str(path) not in before

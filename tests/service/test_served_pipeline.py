@@ -2,6 +2,9 @@
 steals over HTTP and reports what the ledger charged; with a defense, TA is measured on defended features."""
 
 import json
+import os
+import stat
+from pathlib import Path
 
 import pytest
 
@@ -11,10 +14,17 @@ from encsteal.experiments.pipeline import run_all
 from encsteal.service.ledger import Ledger
 
 
-def test_served_run_with_a_defense_reports_cost(tmp_path, one_thread):
+def test_served_run_with_a_defense_reports_cost(tmp_path, one_thread, monkeypatch):
     config = config_from_dict(tiny_tree(run_dir=str(tmp_path / "run"), target={
         "kind": "served", "price": 0.5, "query_batch_size": 16, "defenses": [{"name": "top-k", "k": 8}]}))
-    results = run_all(config, progress=False)
+    # the account's key file is created readable by its owner alone, not narrowed after it was written
+    monkeypatch.setattr(Path, "chmod", lambda *args, **kwargs: pytest.fail("a file mode changed after creation"))
+    umask = os.umask(0)
+    try:
+        results = run_all(config, progress=False)
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "run" / "api_key").stat().st_mode) == 0o600
     assert results["queries"] == 48 and results["cost"] == pytest.approx(24.0)
     assert results["defenses"] == "top-k:k=8" and results["target_kind"] == "served"
     (usage,) = Ledger(tmp_path / "run" / "service.sqlite").usage()

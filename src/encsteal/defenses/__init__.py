@@ -8,9 +8,12 @@ behind the HTTP API. On the command line a defense is `NAME:key=value,key=value`
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Annotated, Union
 
 import torch
@@ -76,15 +79,49 @@ def parse_defense(spec: str):
         raise ValueError(f"defense '{spec}': {problems}") from None
 
 
-def describe(configs: Sequence) -> str:
-    """`top-k:k=10 > rounding:decimals=2`, for reports and logs."""
+SECRET_MASK = "***"
+
+
+def _text(configs: Sequence, value_of: Callable[[str, object], object]) -> str:
+    """`name:key=value,...` for each defense, joined by ` > `; value_of(key, value) is what is written."""
     if not configs:
         return "none"
-    return " > ".join(
-        config.name + ":" + ",".join(f"{key}={json.dumps(value) if isinstance(value, list) or value is None else value}"
-                                     for key, value in config.model_dump(mode="json", exclude={"name"}).items())
-        for config in configs
-    )
+
+    def item(key: str, value) -> str:
+        value = value_of(key, value)
+        return f"{key}={json.dumps(value) if isinstance(value, list) or value is None else value}"
+
+    return " > ".join(config.name + ":" + ",".join(item(key, value) for key, value in
+                                                   config.model_dump(mode="json", exclude={"name"}).items())
+                      for config in configs)
+
+
+def describe(configs: Sequence) -> str:
+    """`top-k:k=10 > noise:sigma=0.1,secret=***`, for reports, results and logs: the provider's secret is never
+    shown. (`parse_defense` reads it back where no secret is set.)"""
+    return _text(configs, lambda key, value: SECRET_MASK if key == "secret" else value)
+
+
+def secret_digest(secret: int) -> str:
+    """A keyed hash of a defense's secret, `hmac:` and 16 hex digits: equal secrets give equal identities, and the
+    secret is not written anywhere (as long as it is not small enough to be found by trying; draw a random one)."""
+    key = secret.to_bytes(8, "little", signed=True)
+    return "hmac:" + hmac.new(key, b"encsteal defense identity", hashlib.sha256).hexdigest()[:16]
+
+
+def identity(configs: Sequence) -> str:
+    """What defended features depend on, for cache keys and recipes: `describe`'s text with each secret as its
+    keyed hash (the default, 0, as it is, so that earlier recipes still match) and each poisoning shadow encoder
+    as its weights' digest (another shadow at the same path is another defense)."""
+
+    def shown(key: str, value):
+        if key == "secret" and value != 0:
+            return secret_digest(value)
+        if key == "shadow" and value is not None and Path(value).is_file():
+            return "sha256:" + hashlib.sha256(Path(value).read_bytes()).hexdigest()[:16]
+        return value
+
+    return _text(configs, shown)
 
 
 class DefendedEncoder(torch.nn.Module):
@@ -103,4 +140,5 @@ class DefendedEncoder(torch.nn.Module):
         return features
 
 
-__all__ = ["DEFENSES", "DefendedEncoder", "Defense", "DefenseConfig", "build_defense", "describe", "parse_defense"]
+__all__ = ["DEFENSES", "DefendedEncoder", "Defense", "DefenseConfig", "build_defense", "describe", "identity", "parse_defense",
+           "secret_digest"]

@@ -22,8 +22,9 @@ class NoiseConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Literal["noise"] = "noise"
     sigma: float = Field(gt=0)
-    secret: int = 0
-    """The provider's seed; keep it private in a deployment."""
+    secret: int = Field(0, ge=-(2**63), lt=2**63)
+    """The provider's seed of the per-image draws: keep it private, and draw a random 63-bit one in a deployment
+    (`python -c "import secrets; print(secrets.randbits(63))"`). Reports show it as ***."""
 
 
 class GaussianNoise:

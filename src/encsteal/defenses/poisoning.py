@@ -35,7 +35,9 @@ class PoisoningConfig(BaseModel):
     lam: float = Field(20.0, ge=0)
     augment: list[str] = ["horizontal_flip", "color_jitter", "grayscale"]
     steps: int = Field(10, ge=1)
-    secret: int = 0
+    secret: int = Field(0, ge=-(2**63), lt=2**63)
+    """The provider's seed of the per-image draws: keep it private, and draw a random 63-bit one in a deployment
+    (`python -c "import secrets; print(secrets.randbits(63))"`). Reports show it as ***."""
 
     @field_validator("norm", mode="before")
     @classmethod

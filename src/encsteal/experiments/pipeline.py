@@ -10,9 +10,7 @@ from its last epoch, so re-running a command continues a run instead of paying f
 
 from __future__ import annotations
 
-import hashlib
 import json
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,11 +20,11 @@ from pathlib import Path
 import torch
 
 from encsteal.attacks import ATTACKS
-from encsteal.checkpoint import load_encoder, save_encoder
+from encsteal.checkpoint import file_digest, load_encoder, provenance, reusable, save_encoder
 from encsteal.config import Config, ConfigError, dump_config
 from encsteal.data import load_dataset
 from encsteal.data.surrogate import draw, pretraining_images, surrogate_images
-from encsteal.defenses import build_defense, describe
+from encsteal.defenses import build_defense, describe, identity
 from encsteal.defenses.poisoning import PoisoningConfig
 from encsteal.distributed import SINGLE, Dist, SharedAnswers, barrier, from_env
 from encsteal.errors import EncstealError
@@ -36,8 +34,8 @@ from encsteal.models import build_encoder
 from encsteal.pretrain import PRETRAINERS
 from encsteal.query_cache import CachedTarget, QueryCache
 from encsteal.service.client import HttpTarget
-from encsteal.service.ledger import Ledger
-from encsteal.service.server import ServeSettings, ServerProcess
+from encsteal.service.provider import served, with_shadow
+from encsteal.service.server import ServeSettings
 from encsteal.target import LocalTarget, Target
 from encsteal.training import MetricsLog, TrainContext, keep_freed_memory, resolve_device, seed_everything
 
@@ -100,38 +98,6 @@ class Run:
         return {"root": self.config.data.resolved_root(), "image_size": self.config.data.image_size}
 
 
-def provenance() -> dict:
-    """Versions and the source revision, for checkpoint sidecars."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        ).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        sha = None
-    return {"git_sha": sha, "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _reusable(path: Path, recipe: dict, what: str) -> bool:
-    """True if `path` exists and was made by the same recipe; an existing output of another recipe is an error."""
-    sidecar = path.with_suffix(".json")
-    if not path.exists() or not sidecar.exists():
-        return False
-    made_by = json.loads(sidecar.read_text()).get("recipe")
-    if made_by != recipe:
-        raise RunDirError(
-            f"{path} holds a {what} made with other settings; use a new run_dir (or delete the file) to make another"
-        )
-    return True
-
-
 # --------------------------------------------------------------------------------------------------
 # Stages
 
@@ -144,7 +110,7 @@ def pretrain(run: Run) -> Path:
             raise ConfigError(f"target.checkpoint: {config.target.checkpoint} does not exist")
         return config.target.checkpoint
     recipe = {"pretrain": config.pretrain.recipe(), "data": config.data.model_dump(mode="json", exclude={"root"}), "seed": config.seed}
-    if _reusable(run.target_path, recipe, "target encoder"):
+    if reusable(run.target_path, recipe, "target encoder"):
         return run.target_path
     seed_everything(config.seed)
     pc = config.pretrain
@@ -182,40 +148,28 @@ def _target_encoder(run: Run):
 
 
 def defense_configs(run: Run) -> list:
-    """target.defenses with every poisoning defense's shadow encoder in place (trained here when missing)."""
-    return [_with_shadow(run, config) if isinstance(config, PoisoningConfig) and config.shadow is None else config
-            for config in run.config.target.defenses]
-
-
-def _with_shadow(run: Run, poisoning: PoisoningConfig) -> PoisoningConfig:
-    """The provider's shadow stolen encoder of StolenEncoder §VII-C: the attacker's settings, the provider's own
-    pre-training images as the surrogate set, queries to the undefended target (the provider's own, free)."""
+    """target.defenses with every poisoning defense's shadow encoder in place (the provider trains it when missing)."""
     config = run.config
-    attack = config.attack.model_copy(update={"loss": poisoning.distance, "lam": poisoning.lam, "augment": poisoning.augment})
-    recipe = {"shadow_of": file_digest(run.target_path), "attack": attack.model_dump(mode="json"),
-              "images": poisoning.shadow_images, "seed": config.seed}
-    # beside the target checkpoint: the provider's artefact, shared by every run against that target
-    path = run.target_path.parent / f"shadow-{hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]}.safetensors"
-    if not _reusable(path, recipe, "shadow encoder"):
-        encoder, meta = _target_encoder(run)
-        data = meta["pretraining_data"]
-        images = pretraining_images(data["dataset"], data["split"], data.get("limit"), data["seed"], **run.data_kwargs())
-        if poisoning.shadow_images is not None and poisoning.shadow_images < len(images):
-            images = images[draw(poisoning.shadow_images, len(images), config.seed + 5)]
-        target = LocalTarget(encoder, image_size=config.data.image_size, device=run.device, batch_size=config.evaluate.batch_size)
-        seed_everything(config.seed)
-        shadow = ATTACKS["stolenencoder"](target, images, attack, run.context(path.stem, recipe, SINGLE))  # rank 0 alone
-        save_encoder(shadow, path, {"role": "shadow", "recipe": recipe, "image_size": config.data.image_size, **provenance()})
-    return poisoning.model_copy(update={"shadow": path})
+
+    def shadow_context(stage: str, recipe: dict) -> TrainContext:
+        return run.context(stage, recipe, SINGLE)  # rank 0 alone
+
+    return [with_shadow(defense, config.attack, run.target_path, seed=config.seed, data_root=config.data.resolved_root(),
+                        image_size=config.data.image_size, device=run.device, batch_size=config.evaluate.batch_size,
+                        context=shadow_context)
+            if isinstance(defense, PoisoningConfig) and defense.shadow is None else defense
+            for defense in config.target.defenses]
 
 
-def _load_target(run: Run) -> tuple[LocalTarget, dict]:
-    """The target with its defenses, in this process: what TA is measured on, and the local attack's victim."""
+def _load_target(run: Run) -> tuple[LocalTarget, dict, list]:
+    """The target with its defenses, in this process (what TA is measured on, and the local attack's victim),
+    its checkpoint's sidecar and the defenses' configs as applied."""
     encoder, meta = _target_encoder(run)
     size = run.config.data.image_size
-    defenses = [build_defense(config, run.device, size) for config in defense_configs(run)]
+    configs = defense_configs(run)
+    defenses = [build_defense(config, run.device, size) for config in configs]
     return LocalTarget(encoder, image_size=size, device=run.device, batch_size=run.config.evaluate.batch_size,
-                       defenses=defenses), meta
+                       defenses=defenses), meta, configs
 
 
 @contextmanager
@@ -225,28 +179,28 @@ def _victim(run: Run) -> Iterator[tuple[Target, str, Callable[[], float | None]]
     config = run.config
     kind = config.target.kind
     if kind == "local":
-        target, _ = _load_target(run)
-        yield target, f"local:{file_digest(run.target_path)}|{describe(config.target.defenses)}", lambda: None
+        target, _, defenses = _load_target(run)
+        yield target, f"local:{file_digest(run.target_path)}|{identity(defenses)}", lambda: None
         return
     if kind == "http":
-        client = HttpTarget(config.target.url, config.target.resolved_api_key() or "", batch_size=config.target.query_batch_size)
-        try:
-            yield client, f"http:{client.model_id}", lambda: client.usage()["spent"]
-        finally:
-            client.close()
+        url, key = config.target.url, config.target.resolved_api_key() or ""
+        with _client(url, key, config.target.query_batch_size) as victim:
+            yield victim
         return
     # served: the provider's API in a child process, with an account for this run
     settings = ServeSettings(checkpoint=run.target_path, db=str(run.dir / "service.sqlite"), defenses=defense_configs(run))
-    key_file = run.dir / "api_key"
-    if not key_file.exists():
-        key_file.write_text(Ledger(settings.db).create_account("attacker", price=config.target.price) + "\n")
-        key_file.chmod(0o600)
-    with ServerProcess(settings) as server:
-        client = HttpTarget(server.url, key_file.read_text().strip(), batch_size=config.target.query_batch_size)
-        try:
-            yield client, f"http:{client.model_id}", lambda: client.usage()["spent"]
-        finally:
-            client.close()
+    with served(settings, run.dir / "api_key", config.target.price) as (url, key):
+        with _client(url, key, config.target.query_batch_size) as victim:
+            yield victim
+
+
+@contextmanager
+def _client(url: str, key: str, batch_size: int) -> Iterator[tuple[Target, str, Callable[[], float | None]]]:
+    client = HttpTarget(url, key, batch_size=batch_size)
+    try:
+        yield client, f"http:{client.model_id}", lambda: client.usage()["spent"]
+    finally:
+        client.close()
 
 
 def _surrogate_labels(record: dict, run: Run) -> torch.Tensor | None:
@@ -262,9 +216,9 @@ def steal(run: Run) -> Path:
     target_meta = {} if remote_only else _target_encoder(run)[1]
     recipe = {"attack": config.attack.model_dump(mode="json"), "surrogate": config.surrogate.model_dump(mode="json"),
               "target": {"kind": config.target.kind, "checkpoint": None if remote_only else file_digest(run.target_path),
-                         "url": config.target.url, "defenses": describe(config.target.defenses)},
+                         "url": config.target.url, "defenses": identity(config.target.defenses)},
               "seed": config.seed}
-    if _reusable(run.stolen_path, recipe, "stolen encoder"):
+    if reusable(run.stolen_path, recipe, "stolen encoder"):
         return run.stolen_path
     seed_everything(config.seed)
     surrogate, surrogate_record = surrogate_images(
@@ -321,7 +275,7 @@ def evaluate(run: Run) -> dict:
     config = run.config
     # The attacker of a remote API without the target's weights measures SA and R only.
     remote_only = config.target.kind == "http" and not run.target_path.exists()
-    target, target_meta = (None, {}) if remote_only else _load_target(run)
+    target, target_meta, defenses = (None, {}, []) if remote_only else _load_target(run)
     if not run.stolen_path.exists():
         raise RunDirError(f"no stolen encoder at {run.stolen_path}: run `encsteal steal` first")
     stolen, stolen_meta = load_encoder(run.stolen_path, run.device)
@@ -342,7 +296,7 @@ def evaluate(run: Run) -> dict:
                                      f"{seed}:torch-{torch.__version__}"
                   for index, seed in enumerate(random_seeds)}
     if target is not None:
-        identities["target"] = f"target:{file_digest(run.target_path)}:{describe(config.target.defenses)}"
+        identities["target"] = f"target:{file_digest(run.target_path)}:{identity(defenses)}"
     probe_cache = ProbeCache(config.evaluate.probe_cache) if config.evaluate.probe_cache is not None else None
     started = time.perf_counter()
     downstream = {}

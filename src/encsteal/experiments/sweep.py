@@ -34,8 +34,11 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from encsteal.checkpoint import file_digest
 from encsteal.config import Config, ConfigError, dump_config, load_config
+from encsteal.defenses.poisoning import PoisoningConfig
 from encsteal.errors import EncstealError
+from encsteal.service.provider import shadow_recipe
 
 
 class ReportSpec(BaseModel):
@@ -123,6 +126,14 @@ def _digest(tree) -> str:
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def _shadow_identity(poisoning: PoisoningConfig, config: Config) -> dict | str | None:
+    """What a poisoning defense's shadow encoder is: its weights' digest when given, else the recipe the run will
+    train it by (the target is in the identity already)."""
+    if poisoning.shadow is None:
+        return shadow_recipe(poisoning, config.attack, config.seed)
+    return file_digest(poisoning.shadow) if poisoning.shadow.is_file() else None
+
+
 def share(config: Config, runs_dir: Path, share_queries: bool) -> Config:
     """Point the run at the sweep's shared target checkpoint, query cache and probe cache."""
     update = {}
@@ -131,9 +142,12 @@ def share(config: Config, runs_dir: Path, share_queries: bool) -> Config:
                   "seed": config.seed}
         update["checkpoint"] = runs_dir / "targets" / _digest(recipe) / "target.safetensors"
     if share_queries and config.target.query_cache is None:
-        # one cache per target identity: checkpoint (or URL) and defenses
+        # one cache per target identity: checkpoint (or URL) and defenses, poisoning's shadow encoders included
         identity = {"kind": config.target.kind, "checkpoint": str(update.get("checkpoint", config.target.checkpoint)),
                     "url": config.target.url, "defenses": [d.model_dump(mode="json") for d in config.target.defenses]}
+        shadows = [_shadow_identity(d, config) for d in config.target.defenses if isinstance(d, PoisoningConfig)]
+        if shadows:
+            identity["shadows"] = shadows
         update["query_cache"] = runs_dir / "caches" / f"{_digest(identity)}.sqlite"
     if update:
         config = config.model_copy(update={"target": config.target.model_copy(update=update)})

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 
 from encsteal.checkpoint import load_encoder
-from encsteal.defenses import DefendedEncoder, DefenseConfig, build_defense, describe
+from encsteal.defenses import DefendedEncoder, DefenseConfig, build_defense, identity
 from encsteal.service import codec
 from encsteal.service.ledger import Account, Ledger, QuotaExceeded
 from encsteal.training import channels_last
@@ -90,7 +90,7 @@ class Model:
         self.feature_dim = encoder.feature_dim
         weights = hashlib.sha256(Path(settings.checkpoint).read_bytes()).hexdigest()
         # Identifies weights and defenses together (clients key their caches by it) without disclosing either.
-        self.model_id = hashlib.sha256(f"{weights}|{describe(settings.defenses)}".encode()).hexdigest()[:16]
+        self.model_id = hashlib.sha256(f"{weights}|{identity(settings.defenses)}".encode()).hexdigest()[:16]
         self.lock = threading.Lock()
 
     def embed(self, images: torch.Tensor) -> np.ndarray:
