@@ -86,9 +86,10 @@ def _train(
         # One forward pass over the clean batch and all its views: one graph, k + 1 times the batch
         # (under torchrun, this rank's slice of each, gathered back into the whole batch).
         with ctx.autocast():
-            part = model(channels_last_cat([shard(t, dist) for t in (x, *augmented)])).float()
-        out = _prepare(torch.cat([gather(p, dist) for p in part.tensor_split(1 + views)]) if dist.active else part, config)
-        stolen_clean, *stolen_views = out.tensor_split(1 + views)
+            out = model(channels_last_cat([shard(t, dist) for t in (x, *augmented)])).float()
+        if dist.active:
+            out = torch.cat([gather(part, dist) for part in out.tensor_split(1 + views)])
+        stolen_clean, *stolen_views = _prepare(out, config).tensor_split(1 + views)
         y = labels[index].to(device) if labels is not None else None
         loop.step(objective(config, loss_fn, v, stolen_clean, v_views, stolen_views, y))
     return unwrap(model).eval()
