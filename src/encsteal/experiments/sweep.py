@@ -34,8 +34,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from encsteal.config import Config, ConfigError, dump_config, load_config
-from encsteal.errors import EncstealError
+from encsteal.config import Config, dump_config, load_config
+from encsteal.errors import ConfigError, EncstealError
 
 
 class ReportSpec(BaseModel):

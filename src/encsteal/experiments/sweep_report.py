@@ -19,7 +19,7 @@ import yaml
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from encsteal.config import ConfigError  # noqa: E402
+from encsteal.errors import ConfigError  # noqa: E402
 from encsteal.evaluate import MIN_MEANINGFUL_GAIN  # noqa: E402
 from encsteal.experiments.report import accuracy_bars  # noqa: E402
 
