@@ -1,4 +1,4 @@
-"""encsteal's command line: `encsteal demo | run | pretrain | steal | evaluate | sweep | report | serve | accounts | presets | config`.
+"""encsteal's command line: `encsteal demo | run | pretrain | steal | evaluate | sweep | report | tables | serve | accounts | presets | config`.
 
 Every command takes a preset (a YAML file or a shipped name such as `demo` or `fmnist-bench/target`) and
 `key=value` overrides, e.g. `encsteal run demo attack.epochs=20 surrogate.size=2%`.
@@ -267,6 +267,21 @@ def report(
         return report_sweep(grid, spec, rows, x=x, series=series, out_dir=out)
 
     console.print(f"report: {_guard(write)}")
+
+
+@app.command()
+def tables(
+    pages: Annotated[Optional[list[Path]], typer.Argument(help="Markdown pages (default: README.md and docs/**/*.md).")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Rewrite nothing; exit 1 if a table differs from its source.")] = False,
+) -> None:
+    """Regenerate the results tables in Markdown pages from the CSV/JSON files their markers name."""
+    from encsteal.experiments.doc_tables import pages as all_pages, update
+
+    stale = _guard(lambda: update(pages or all_pages(Path.cwd()), write=not check))
+    for path in stale:
+        console.print(f"{'differs from its sources' if check else 'regenerated'}: {path}")
+    if check and stale:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -76,17 +76,18 @@ TABLE_COLUMNS = {"TA": "TA (%)", "SA": "SA (%)", "R": "R (%)", "SA_over_TA": "SA
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """One line per run and task; failed runs with their error."""
+    """One line per run and task; failed runs last, with their error."""
+    return records_table(records(rows), [row for row in rows if row["status"] != "done"])
+
+
+def records_table(recs: list[dict], failed: list[dict] = ()) -> str:
+    """The sweep's table of records (one line per run and task), then the failed runs' stored rows. A table in
+    the docs of a committed results.csv is this table too (encsteal.experiments.doc_tables)."""
     lines = ["| run | task | " + " | ".join(TABLE_COLUMNS.values()) + " |", "|---|---|" + "---:|" * len(TABLE_COLUMNS)]
-    by_run: dict[str, list[dict]] = {}
-    for rec in records(rows):
-        by_run.setdefault(rec["run"], []).append(rec)
-    for row in rows:
-        if row["status"] != "done":
-            lines.append(f"| {row['id']} | failed: {row['error']} |" + " |" * len(TABLE_COLUMNS))
-            continue
-        for rec in by_run[row["id"]]:
-            lines.append(f"| {rec['run']} | {rec['task']} | " + " | ".join(cell(rec, c) for c in TABLE_COLUMNS) + " |")
+    for rec in recs:
+        lines.append(f"| {rec['run']} | {rec['task']} | " + " | ".join(cell(rec, c) for c in TABLE_COLUMNS) + " |")
+    for row in failed:
+        lines.append(f"| {row['id']} | failed: {row['error']} |" + " |" * len(TABLE_COLUMNS))
     return "\n".join(lines)
 
 
@@ -246,11 +247,13 @@ def paper_table(recs: list[dict], paper: dict) -> str:
     """The published TA and SA (%) beside ours for the runs that mirror a row of the paper's table (compare the
     trend across rows, not the values, where our task differs), and how well the two orders agree."""
     rows = _beside_paper(recs, paper)
-    lines = ["| run | paper: task | TA | SA | ours: task | TA | SA |", "|---|---|---:|---:|---|---:|---:|"]
+    lines = ["| run | paper: row, task | TA | SA | ours: task | TA | SA |", "|---|---|---:|---:|---|---:|---:|"]
     for run_id, task, published, mine, rec in rows:
-        lines.append(f"| {run_id} | {task} | {num(published.get('TA'), 2)} | {num(published.get('SA'), 2)} | "
-                     f"{mine or '–'} | {pct(rec['TA'] if rec else None)} | {pct(rec['SA'] if rec else None)} |")
-    return "\n".join([*lines, "", *_rank_agreement(rows)])
+        lines.append(f"| {run_id} | {published.get('label', task)} | {num(published.get('TA'))} | "
+                     f"{num(published.get('SA'))} | {mine or '–'} | {pct(rec['TA'] if rec else None)} | "
+                     f"{pct(rec['SA'] if rec else None)} |")
+    agreement = _rank_agreement(rows)
+    return "\n".join([*lines, *(["", *agreement] if agreement else [])])
 
 
 def _rank_agreement(rows: list[tuple[str, str, dict, str | None, dict | None]]) -> list[str]:
