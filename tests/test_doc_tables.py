@@ -68,6 +68,11 @@ def test_a_pivot_puts_one_line_per_case_and_a_column_per_budget(tmp_path):
     assert text.endswith("Text after the table stays.\n") and regenerate(text, tmp_path) == text
 
 
+def test_a_marker_in_a_code_block_is_an_example(tmp_path):
+    page = "```markdown\n<!-- table\nsource: missing.csv\n-->\n| a |\n<!-- end table -->\n```\n"
+    assert regenerate(page, tmp_path) == page
+
+
 def test_a_plain_table_keeps_the_source_order_and_marks_a_weak_gain(tmp_path):
     _write_results(tmp_path)
     page = ("<!-- table\nsource: results.csv\nwhere: {case: l2}\ncolumns: [[run, run], [task, task], [R, R_spread], "

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from encsteal.distributed import SINGLE, Dist
 from encsteal.errors import ConfigError
+from encsteal.distributed import SINGLE, Dist
 
 
 def resolve_device(name: str) -> torch.device:

@@ -10,7 +10,7 @@ A table is a block between a marker, an HTML comment whose body is a YAML mappin
       - [copy, run]
       - [SA, SA]
       - [G, G]
-      - [G, 600 labels, G, {task: fashion-mnist-600}]
+      - ["G, 600 labels", G, {task: fashion-mnist-600}]  # quoted: a comma
     -->
     | copy | SA | G | G, 600 labels |
     ...
@@ -42,6 +42,8 @@ from encsteal.errors import ConfigError
 from encsteal.experiments.rows import CELLS, cell, csv_row, task_row
 
 BLOCK = re.compile(r"<!-- table\n(?P<spec>.*?)-->\n(?P<body>.*?)<!-- end table -->", re.DOTALL)
+FENCE = re.compile(r"^```.*?^```", re.DOTALL | re.MULTILINE)
+"""A marker inside a fenced code block is an example, not a table."""
 
 
 class Column(BaseModel):
@@ -68,8 +70,14 @@ class TableSpec(BaseModel):
     @classmethod
     def _columns_as_lists(cls, value):
         # [header, column] or [header, column, {where}] reads better in a page than a mapping per column
-        return [item if isinstance(item, dict) else {"header": item[0], "value": item[1], "where": (item[2:] or [{}])[0]}
-                for item in value]
+        columns = []
+        for item in value:
+            if isinstance(item, list) and not (len(item) == 2 or (len(item) == 3 and isinstance(item[2], dict))):
+                raise ValueError(f"{item}: a column is [header, column] or [header, column, {{where}}]; a header with "
+                                 "a comma needs quotes")
+            columns.append(item if isinstance(item, dict) else
+                           {"header": item[0], "value": item[1], "where": item[2] if len(item) == 3 else {}})
+        return columns
 
 
 def read_source(path: Path) -> list[dict]:
@@ -165,7 +173,11 @@ def _spec(text: str, where: str) -> TableSpec:
 
 def regenerate(text: str, base: Path, where: str = "page") -> str:
     """The page with every table block rewritten from its source."""
+    examples = [fence.span() for fence in FENCE.finditer(text)]
+
     def block(match: re.Match) -> str:
+        if any(start <= match.start() < end for start, end in examples):
+            return match.group(0)
         line = text.count("\n", 0, match.start()) + 1
         spec = _spec(match.group("spec"), f"{where}:{line}")
         try:
