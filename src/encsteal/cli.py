@@ -277,7 +277,7 @@ def tables(
     """Regenerate the results tables in Markdown pages from the CSV/JSON files their markers name."""
     from encsteal.experiments.doc_tables import pages as all_pages, update
 
-    stale = _guard(lambda: update(pages or all_pages(Path.cwd()), write=not check))
+    stale = _guard(lambda: update(pages or all_pages(Path(".")), write=not check))
     for path in stale:
         console.print(f"{'differs from its sources' if check else 'regenerated'}: {path}")
     if check and stale:

@@ -5,12 +5,13 @@ A table is a block between a marker, an HTML comment whose body is a YAML mappin
 
     <!-- table
     source: fmnist-bench-copy/results.csv     # a sweep's results.csv, or a run's results.json
-    where: {task: fashion-mnist}               # keep these rows only
+    where: {run: [half-stem, imagenet-stem]}   # keep these rows only
+    rows: run                                  # one line per run (without: one per row kept)
     columns:                                   # [header, column] or [header, column, {where}]
       - [copy, run]
-      - [SA, SA]
-      - [G, G]
-      - ["G, 600 labels", G, {task: fashion-mnist-600}]  # quoted: a comma
+      - [SA, SA, {task: fashion-mnist}]
+      - [G, G, {task: fashion-mnist}]
+      - ["G, 600 labels", G, {task: fashion-mnist-600}]  # a header with a comma is quoted
     -->
     | copy | SA | G | G, 600 labels |
     ...
@@ -19,9 +20,9 @@ A table is a block between a marker, an HTML comment whose body is a YAML mappin
 Paths are relative to the page. Columns are read as encsteal.experiments.rows formats them (TA, SA, R and
 R_spread as %, SA_over_TA, G with ⚠ where TA − R is too small, cosine, l2, cka, knn_agree, queries, cost,
 steal_minutes, ...); any other column of the source is shown as it is. With `rows: KEY` a line is one value of
-that column (in order of appearance, or `order: [...]`), and each column shows the one value that the rows
-of that line matching its own `where` give: a pivot, e.g. one line per attack with a column per budget. `labels` renames the
-values of the first column; `bold: [header, ...]` marks each such column's highest value.
+that column (in order of appearance, or `order: [...]`), and each column shows the one value that the rows of
+that line matching its own `where` give: a pivot, e.g. one line per attack with a column per budget.
+`labels` renames the values of the first column; `bold: [header, ...]` marks each such column's highest value.
 
 `layout: sweep` is the sweep report's own table of the CSV, and `layout: paper` with `paper: SWEEP.yaml` its
 table of the published figures beside ours: a committed report.md checks itself against its results.csv.
