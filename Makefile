@@ -10,9 +10,9 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 # machine; the package itself accepts any recent torch (see pyproject.toml).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test bench fmnist-bench clean
+.PHONY: setup demo test bench fmnist-bench clean test-services
 
-setup: $(STAMP) fashion-mnist
+setup: $(STAMP) fashion-mnist test-services
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,15 @@ fashion-mnist:
 	@if [ ! -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null; then \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+# What the service tests start for real, from Debian where apt is available (elsewhere those tests are
+# skipped, saying why): a throwaway PostgreSQL server, and a headless Chromium with its WebDriver.
+test-services:
+	@if { ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } \
+		&& command -v apt-get >/dev/null; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql chromium chromium-driver; \
 	fi
 
 demo: setup
