@@ -4,7 +4,7 @@
     GET  /v1/model        input size, feature dimension, formats and limits
     GET  /v1/usage        the calling account's queries, quota and spending
     GET  /healthz         liveness
-    GET  /docs, /redoc    the API's documentation pages, served with their assets (they work offline)
+    GET  /docs            the API's documentation page (Swagger UI), its assets served here: it works offline
 
 Status codes: 401 missing or unknown API key, 403 disabled account, 429 over the rate limit (with
 Retry-After), 402 over the quota, 413 too large (bytes, images or pixels), 415 unknown Content-Type,
@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -56,7 +57,8 @@ log = logging.getLogger("encsteal.service")
 SETTINGS_ENV = "ENCSTEAL_SERVE_SETTINGS"
 PRUNE_INTERVAL = 60.0
 """Seconds between two prunings of stored replays by one worker."""
-MAX_KEY_LENGTH = 128
+KEY_PATTERN = re.compile(r"^[!-~]{1,128}$")
+"""An Idempotency-Key: 1 to 128 visible ASCII characters."""
 
 
 class ServeSettings(BaseModel):
@@ -91,38 +93,44 @@ def _detail(description: str) -> dict:
 
 REFUSALS = {"401": _detail("missing or unknown API key"), "403": _detail("account disabled")}
 
-EMBEDDINGS_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            codec.JSON: {"schema": {"type": "object", "required": ["images"], "properties": {
-                "images": {"type": "array", "items": {"type": "string", "format": "byte"},
-                           "description": "base64-encoded PNG or JPEG files, any size (resized to the input size)"}}}},
-            codec.NPY: {"schema": {"type": "string", "format": "binary",
-                                   "description": "a NumPy .npy array N x C x H x W, C in {1, 3}, uint8 0-255 or float 0-1"}},
+def embeddings_doc(settings: ServeSettings) -> dict:
+    """The OpenAPI description of POST /v1/embeddings under these settings (what /docs shows and clients and
+    fuzzers are generated from)."""
+    images = {"type": "array", "minItems": 1, "maxItems": settings.max_batch,
+              "items": {"type": "string", "format": "byte"},
+              "description": f"base64-encoded PNG or JPEG files, any size (resized to the input size), at most "
+                             f"{settings.max_image_pixels} pixels each and {settings.max_request_pixels} in all"}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                codec.JSON: {"schema": {"type": "object", "required": ["images"], "properties": {"images": images}}},
+                codec.NPY: {"schema": {"type": "string", "format": "binary",
+                                       "description": "a NumPy .npy array N x C x H x W, C in {1, 3}, uint8 0-255 or "
+                                                      "float 0-1"}},
+            },
         },
-    },
-    "responses": {
-        "200": {"description": "features; JSON by default, float32 .npy N x D with `Accept: application/x-npy` "
-                               "(billing figures then in X-Queries-Billed, X-Quota-Remaining, X-Cost)",
-                "content": {codec.JSON: {"schema": {"type": "object", "properties": {
-                    "embeddings": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
-                    "dim": {"type": "integer"}, "queries_billed": {"type": "integer"},
-                    "quota_remaining": {"type": ["integer", "null"]},
-                    "cost": {"type": "number", "description": "exact decimal, at most 6 places"},
-                    "cost_micros": {"type": "integer", "description": "the cost in millionths of the currency"}}}},
-                    codec.NPY: {"schema": {"type": "string", "format": "binary"}}}},
-        "400": _detail("malformed input (body, image, header)"), **REFUSALS, "402": _detail("over the quota"),
-        "409": _detail("a request with this Idempotency-Key is being billed; repeat it"),
-        "413": _detail("payload, batch or pixels over the limits of GET /v1/model"),
-        "415": _detail("unsupported Content-Type"), "422": _detail("images the API cannot embed"),
-        "429": _detail("over the rate limit; see Retry-After"),
-    },
-    "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                    "schema": {"type": "string", "maxLength": MAX_KEY_LENGTH},
-                    "description": "repeat a request with the same key to receive its features again without a charge "
-                                   "(from the same model, while the stored answer has not expired)"}],
-}
+        "responses": {
+            "200": {"description": "features; JSON by default, float32 .npy N x D with `Accept: application/x-npy` "
+                                   "(billing figures then in X-Queries-Billed, X-Quota-Remaining, X-Cost)",
+                    "content": {codec.JSON: {"schema": {"type": "object", "properties": {
+                        "embeddings": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+                        "dim": {"type": "integer"}, "queries_billed": {"type": "integer"},
+                        "quota_remaining": {"type": ["integer", "null"]},
+                        "cost": {"type": "number", "description": "exact decimal, at most 6 places"},
+                        "cost_micros": {"type": "integer", "description": "the cost in millionths of the currency"}}}},
+                        codec.NPY: {"schema": {"type": "string", "format": "binary"}}}},
+            "400": _detail("malformed input (body, image, header)"), **REFUSALS, "402": _detail("over the quota"),
+            "409": _detail("a request with this Idempotency-Key is being billed; repeat it"),
+            "413": _detail("payload, batch or pixels over the limits of GET /v1/model"),
+            "415": _detail("unsupported Content-Type"), "422": _detail("images the API cannot embed"),
+            "429": _detail("over the rate limit; see Retry-After"),
+        },
+        "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                        "schema": {"type": "string", "pattern": KEY_PATTERN.pattern},
+                        "description": "repeat a request with the same key to receive its features again without a "
+                                       "charge (from the same model, while the stored answer has not expired)"}],
+    }
 
 
 class Model:
@@ -181,8 +189,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
     retention = Retention(ledger, settings)
     limits = settings.limits()
     bearer = HTTPBearer(auto_error=False, description="the account's API key: `Authorization: Bearer es_...`")
-    # FastAPIOffline serves Swagger UI's and ReDoc's scripts and styles from its package instead of a CDN
-    app = FastAPIOffline(title="encsteal embedding API", version="1",
+    # FastAPIOffline serves Swagger UI's script and style from its package instead of a CDN. No ReDoc page:
+    # its bundle still fetches a logo from the internet.
+    app = FastAPIOffline(redoc_url=None, title="encsteal embedding API", version="1",
                          description="Image embeddings from a pre-trained encoder, billed per image. " + settings.description)
 
     def account_of(credentials: HTTPAuthorizationCredentials | None) -> Account:
@@ -248,11 +257,11 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     def idempotency_key_of(request: Request) -> str | None:
         key = request.headers.get("idempotency-key")
-        if key is not None and not (0 < len(key) <= MAX_KEY_LENGTH and key.isascii() and key.isprintable()):
-            raise HTTPException(400, f"the Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable ASCII characters")
+        if key is not None and not KEY_PATTERN.fullmatch(key):
+            raise HTTPException(400, "the Idempotency-Key must be 1 to 128 visible ASCII characters (no spaces)")
         return key
 
-    @app.post("/v1/embeddings", openapi_extra=EMBEDDINGS_DOC)
+    @app.post("/v1/embeddings", openapi_extra=embeddings_doc(settings))
     async def embeddings(request: Request, credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> Response:
         key = idempotency_key_of(request)
         account = await run_in_threadpool(account_of, credentials)

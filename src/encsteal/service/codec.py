@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 NPY = "application/x-npy"
 JSON = "application/json"
@@ -135,8 +135,11 @@ class JsonRequest(ParsedRequest):
         self.limits = limits
         # A body of many small items ([1,1,1,...] or deep nesting) would cost far more to parse than its size
         # suggests; a valid request has one object, one list and one comma between two images.
-        if body.count(b",") >= limits.max_batch + 8 or body.count(b"[") + body.count(b"{") > 8:
-            raise BadRequest(f'expected JSON {{"images": [...]}} with at most {limits.max_batch} images', 413)
+        if body.count(b"[") + body.count(b"{") > 8:
+            raise BadRequest('expected JSON {"images": ["<base64 PNG or JPEG>", ...]} (base64 holds no brackets)', 422)
+        if body.count(b",") >= limits.max_batch + 8:
+            raise BadRequest(f"more items than {limits.max_batch} images in one request; at most {limits.max_batch} "
+                             "are accepted", 413)
         try:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError, RecursionError):
@@ -185,6 +188,8 @@ def _open(data: bytes, index: int) -> Image.Image:
     """The image with only its header read."""
     try:
         image = Image.open(io.BytesIO(data), formats=["PNG", "JPEG"])
+    except UnidentifiedImageError:
+        raise BadRequest(f"image {index} is not a PNG or JPEG file") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise BadRequest(f"image {index} is not a readable PNG or JPEG file ({exc})") from None
     return image

@@ -20,6 +20,12 @@ from encsteal.errors import EncstealError
 from encsteal.service.app import SETTINGS_ENV, ServeSettings, create_app
 
 
+WORKER_HEALTHCHECK_SECONDS = 60
+"""How long uvicorn waits for a worker process to answer its health check before it kills and restarts it.
+uvicorn's 5 s is shorter than a worker takes to import torch on a busy machine: workers were killed while
+starting, again and again, and the server never came up."""
+
+
 def serve(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
           log_level: str = "warning", app: FastAPI | None = None) -> None:
     """Run the API until stopped. `app`: the app already built from `settings` (`encsteal serve` builds it
@@ -32,7 +38,7 @@ def serve(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000,
         return
     os.environ[SETTINGS_ENV] = settings.model_dump_json()
     uvicorn.run("encsteal.service.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level)
+                log_level=log_level, timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS)
 
 
 class ServerProcess:
