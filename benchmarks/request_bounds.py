@@ -6,7 +6,8 @@ times: PNG and JPEG files of `max_image_pixels` filling `max_request_pixels`, `m
 arrays of uint8 and float32 pixels at the pixel and byte limits, `max_batch` images at the input size; and
 two requests refused before any decoding (64 PNGs of 4096 x 4096 pixels, a few kB each, and the same from
 an account out of quota). For each it reports the time to the answer (seen by the client, over 127.0.0.1) and the server
-process's peak resident memory above its idle level (the kernel's VmHWM, reset before each request).
+process's peak resident memory above its idle level after a first small request (the kernel's VmHWM, reset
+before each request; memory kept from earlier requests counts, so a figure can only overstate).
 Prints one JSON line per kind, then a table; --out DIR also writes results.json and report.md there.
 
     python benchmarks/request_bounds.py [--arch resnet18] [--threads 2] [--repeats 3] [--out DIR]
@@ -92,16 +93,16 @@ def requests(settings: ServeSettings, image_size: int) -> dict[str, tuple[bytes,
     return cases
 
 
-def measure(server: ServerProcess, key: str, body: bytes, content_type: str) -> tuple[int, float, float]:
-    """(status, seconds, peak MiB above the resident size before the request)."""
+def measure(server: ServerProcess, key: str, body: bytes, content_type: str, idle_kib: int) -> tuple[int, float, float]:
+    """(status, seconds, peak MiB above the idle server). Memory that earlier requests left to the process
+    counts too, so the figure can only overstate what the request itself took."""
     pid = server.process.pid
     reset_peak(pid)
-    before = kib(pid, "VmRSS")
     started = time.perf_counter()
     response = httpx.post(f"{server.url}/v1/embeddings", content=body, timeout=600,
                           headers={"Authorization": f"Bearer {key}", "Content-Type": content_type, "Accept": codec.NPY})
     seconds = time.perf_counter() - started
-    return response.status_code, seconds, (kib(pid, "VmHWM") - before) / 1024
+    return response.status_code, seconds, (kib(pid, "VmHWM") - idle_kib) / 1024
 
 
 def main() -> None:
@@ -131,12 +132,16 @@ def main() -> None:
     cases = requests(settings, args.image_size)
     header = {"arch": f"{args.arch}/{args.stem}", "input_size": args.image_size, "threads": args.threads,
               **{name: getattr(settings, name) for name in ("max_batch", "max_bytes", "max_image_pixels", "max_request_pixels")}}
-    print(json.dumps(header), flush=True)
     rows = []
     with ServerProcess(settings) as server:
-        measure(server, key, codec.encode_npy(np.zeros((1, 3, args.image_size, args.image_size), dtype=np.uint8)), codec.NPY)
+        warm_up = codec.encode_npy(np.zeros((1, 3, args.image_size, args.image_size), dtype=np.uint8))
+        measure(server, key, warm_up, codec.NPY, 0)
+        idle = kib(server.process.pid, "VmRSS")
+        header["idle_mib"] = round(idle / 1024, 1)
+        print(json.dumps(header), flush=True)
         for name, (body, content_type, what) in cases.items():
-            runs = [measure(server, broke if name == "refused-quota" else key, body, content_type) for _ in range(args.repeats)]
+            runs = [measure(server, broke if name == "refused-quota" else key, body, content_type, idle)
+                    for _ in range(args.repeats)]
             statuses = sorted({status for status, _, _ in runs})
             row = {"request": name, "what": what, "body_mb": round(len(body) / 2**20, 2), "status": statuses,
                    "seconds_max": round(max(s for _, s, _ in runs), 3),
@@ -162,7 +167,8 @@ def main() -> None:
 def report(header: dict, rows: list[dict], summary: dict) -> str:
     lines = [f"Worst-case requests against the limits: max_batch {header['max_batch']}, max_bytes {header['max_bytes']}, "
              f"max_image_pixels {header['max_image_pixels']}, max_request_pixels {header['max_request_pixels']}; "
-             f"{header['arch']} at {header['input_size']}x{header['input_size']}, {header['threads']} torch threads.",
+             f"{header['arch']} at {header['input_size']}x{header['input_size']}, {header['threads']} torch threads; "
+             f"the idle server holds {header['idle_mib']:.0f} MiB.",
              "", "| request | what it reaches | body MB | status | s (max) | s (median) | peak MiB above idle |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for row in rows:

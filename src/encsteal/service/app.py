@@ -70,7 +70,9 @@ class ServeSettings(BaseModel):
     threads: int | None = Field(None, ge=1)
     """Torch threads per worker process (default: torch's choice)."""
     max_batch: int = Field(512, ge=1)
+    """Images of one request."""
     max_bytes: int = Field(64 << 20, ge=1024)
+    """Bytes of one request body."""
     max_image_pixels: int = Field(4096 * 4096, ge=1)
     """Pixels (width x height) of one image, read from its header before it is decoded."""
     max_request_pixels: int = Field(4096 * 4096, ge=1)
