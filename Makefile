@@ -10,7 +10,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 # machine; the package itself accepts any recent torch (see pyproject.toml).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test bench fmnist-bench clean
+.PHONY: setup demo test bench fmnist-bench clean test-services
 
 setup: $(STAMP) fashion-mnist
 
@@ -29,10 +29,19 @@ fashion-mnist:
 		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
 	fi
 
+# What the service tests start for real, from Debian where apt is available (elsewhere those tests are
+# skipped, saying why): a throwaway PostgreSQL server, and a headless Chromium with its WebDriver.
+test-services:
+	@if { ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } \
+		&& command -v apt-get >/dev/null; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql chromium chromium-driver; \
+	fi
+
 demo: setup
 	$(BIN)/encsteal demo
 
-test: setup
+test: setup test-services
 	$(BIN)/python -m pytest -q
 
 bench: setup  # the Speed table in docs/speed.md

@@ -6,6 +6,8 @@ import torch
 from encsteal.checkpoint import save_encoder
 from encsteal.config import Config, config_from_dict
 from encsteal.models import build_encoder
+import browser as browsers
+import pg_cluster
 from encsteal.service.ledger import Ledger
 from encsteal.service.server import ServerProcess, ServeSettings
 
@@ -64,11 +66,52 @@ def checkpoint(tmp_path_factory) -> Path:
     return tiny_checkpoint(tmp_path_factory.mktemp("target") / "target.safetensors")
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory, checkpoint):
-    """(server, ledger): one server for a module's tests; each test opens its own accounts."""
-    db = tmp_path_factory.mktemp("api") / "accounts.sqlite"
+# Account databases: the ledger and API tests run on SQLite files and on a real PostgreSQL server.
+
+DATABASES = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL server for the session (skipped, saying why, where it cannot run)."""
+    reason = pg_cluster.why_unavailable()
+    if reason:
+        pytest.skip(reason)
+    cluster = pg_cluster.Cluster().start()
+    yield cluster
+    cluster.stop()
+
+
+def new_database(kind: str, request) -> str:
+    """A new, empty account database: an SQLite file, or a database on the session's PostgreSQL server."""
+    if kind == "sqlite":
+        return str(request.getfixturevalue("tmp_path_factory").mktemp("db") / "accounts.sqlite")
+    return request.getfixturevalue("postgres").new_database()
+
+
+@pytest.fixture(params=DATABASES)
+def database(request) -> str:
+    """A new, empty account database of each kind."""
+    return new_database(request.param, request)
+
+
+@pytest.fixture(scope="module", params=DATABASES)
+def api(request, checkpoint):
+    """(server, ledger): one server for a module's tests, on each kind of database; each test opens its own accounts."""
+    db = new_database(request.param, request)
     ledger = Ledger(db)
-    settings = ServeSettings(checkpoint=checkpoint, db=str(db), threads=1, max_batch=64, max_bytes=1 << 20)
+    settings = ServeSettings(checkpoint=checkpoint, db=db, threads=1, max_batch=64, max_bytes=1 << 20,
+                             max_image_pixels=256 * 256, max_request_pixels=64 * 64 * 64)
     with ServerProcess(settings) as server:
         yield server, ledger
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """A headless Chromium (tests/browser.py), skipped, saying why, where it cannot run."""
+    reason = browsers.why_unavailable()
+    if reason:
+        pytest.skip(reason)
+    started = browsers.Browser()
+    yield started
+    started.close()

@@ -14,7 +14,7 @@ def run_benchmark(script: str, *args: str, timeout: int = 600) -> list[dict]:
     """The benchmark's printed JSON lines (its header first)."""
     out = subprocess.run([sys.executable, str(BENCHMARKS / script), *args],
                          capture_output=True, text=True, timeout=timeout, check=True).stdout
-    return [json.loads(line) for line in out.splitlines()]
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
 def test_throughput_prints_pipeline_and_raw_rates_in_both_precisions():
@@ -48,3 +48,14 @@ def test_augmentation_benchmark_compares_every_op_with_kornia():
     _, *lines = run_benchmark("augmentation.py", "--batch", "8", "--rounds", "1", "--calls", "1", timeout=300)
     assert [l["op"] for l in lines] == ["random_resized_crop", "horizontal_flip", "color_jitter", "grayscale", "all four"]
     assert all(l["encsteal_ms"] > 0 and l["kornia_ms"] > 0 and l["kornia_over_encsteal"] > 0 for l in lines)
+
+
+def test_request_bounds_measures_every_kind_of_request():
+    header, *rows, worst = run_benchmark("request_bounds.py", "--arch", "small_cnn", "--threads", "1", "--repeats", "1",
+                                         "--max-batch", "8", "--max-image-pixels", "65536", "--max-request-pixels", "131072")
+    assert header["max_batch"] == 8 and header["max_request_pixels"] == 131072
+    statuses = {row["request"]: row["status"] for row in rows}
+    assert statuses.pop("refused-pixels") == [413] and statuses.pop("refused-quota") == [402]
+    assert set(statuses) == {"png-largest", "jpeg-largest", "png-batch", "npy-uint8", "npy-float32", "npy-input-size"}
+    assert all(status == [200] for status in statuses.values())
+    assert worst["worst_seconds"] > 0 and worst["worst_peak_request"] in statuses

@@ -6,10 +6,11 @@ import sqlite3
 import pytest
 
 from conftest import tiny_tree
-from encsteal.cli import print_results, shown_database
+from encsteal.cli import print_results
 from encsteal.config import config_from_dict
 from encsteal.experiments.pipeline import Run, run_all, steal
 from encsteal.query_cache import QueryCacheError
+from encsteal.service.ledger import masked_url
 
 SECRET = 918273645
 
@@ -69,6 +70,6 @@ def test_the_poisoning_shadow_keys_the_query_and_probe_caches(tmp_path, one_thre
 
 
 def test_a_database_url_is_shown_without_its_password():
-    assert shown_database("eaas.sqlite") == "eaas.sqlite"
-    assert shown_database("postgresql://alice:hunter2@db.example:5432/eaas") == "postgresql://alice:***@db.example:5432/eaas"
-    assert "hunter2" not in shown_database("postgresql+psycopg://alice:hunter2@/eaas?host=/run/postgresql")
+    assert masked_url("eaas.sqlite") == "eaas.sqlite"
+    assert masked_url("postgresql://alice:hunter2@db.example:5432/eaas") == "postgresql://alice:***@db.example:5432/eaas"
+    assert "hunter2" not in masked_url("postgresql+psycopg://alice:hunter2@/eaas?host=/run/postgresql")

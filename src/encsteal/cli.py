@@ -125,18 +125,23 @@ def evaluate(preset: Preset, overrides: Overrides = None, quiet: Quiet = False) 
 Db = Annotated[str, typer.Option("--db", help="The account database: a file path (SQLite) or an SQLAlchemy URL.")]
 
 
-def shown_database(db: str) -> str:
-    """The account database as it may be printed: a file path as it is, an SQLAlchemy URL with its password
-    masked (postgresql://user:***@host/db)."""
-    if "://" not in db:
-        return db
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
+def _duration(text: str) -> float:
+    """'90', '90s', '30m', '24h' or '7d' -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1)
     try:
-        return make_url(db).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "the database URL given"  # unparsable: it may still hold a password
+        seconds = float(number) * unit
+    except ValueError:
+        raise ConfigError(f"'{text}' is not a duration: write e.g. 3600, 30m, 24h or 7d") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigError(f"a duration must be positive, got '{text}'")
+    return seconds
+
+
+ReplayTtl = Annotated[str, typer.Option(
+    "--replay-ttl", help="How long stored replays are kept (3600, 30m, 24h, 7d); a request repeated later is billed again.")]
+ReplayMaxMb = Annotated[float, typer.Option(
+    "--replay-max-mb", min=0, help="Megabytes of stored replays kept in all; beyond, the oldest are dropped.")]
 
 
 @app.command()
@@ -151,6 +156,10 @@ def serve(
         help="A defense NAME:key=value,... applied in the order given; repeat for several "
              "(top-k:k=10, rounding:decimals=2, noise:sigma=0.1, poisoning:epsilon=1,norm=2,shadow=PATH).")] = None,
     max_batch: Annotated[int, typer.Option(min=1, help="Most images per request.")] = 512,
+    max_image_pixels: Annotated[int, typer.Option(min=1, help="Most pixels (width x height) of one image.")] = 4096 * 4096,
+    max_request_pixels: Annotated[int, typer.Option(min=1, help="Most pixels of all the images of one request.")] = 4096 * 4096,
+    replay_ttl: ReplayTtl = "24h",
+    replay_max_mb: ReplayMaxMb = 1024.0,
     description: Annotated[str, typer.Option(help="What GET /v1/model discloses about the model.")] = "",
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
 ) -> None:
@@ -158,6 +167,8 @@ def serve(
 
     def start() -> None:
         from encsteal.defenses import parse_defense
+        from encsteal.service.app import create_app
+        from encsteal.service.ledger import masked_url
         from encsteal.service.server import ServeSettings, serve as run_server
 
         try:
@@ -165,14 +176,17 @@ def serve(
         except ValueError as exc:
             raise ConfigError(f"--defense: {exc}") from None
         settings = ServeSettings(checkpoint=checkpoint, db=db, defenses=defenses, device=device, threads=threads,
-                                 max_batch=max_batch, description=description)
-        errors.print(f"serving {checkpoint} on http://{host}:{port} (docs at /docs), accounts in {shown_database(db)}")
-        run_server(settings, host=host, port=port, workers=workers, log_level="info")
+                                 max_batch=max_batch, max_image_pixels=max_image_pixels,
+                                 max_request_pixels=max_request_pixels, replay_ttl=_duration(replay_ttl),
+                                 replay_max_bytes=int(replay_max_mb * 2**20), description=description)
+        built = create_app(settings)  # loads the checkpoint and opens the database: any problem shows here
+        errors.print(f"serving {checkpoint} on http://{host}:{port} (docs at /docs), accounts in {masked_url(db)}")
+        run_server(settings, host=host, port=port, workers=workers, log_level="info", app=built)
 
     _guard(start)
 
 
-accounts = typer.Typer(no_args_is_help=True, help="The embedding API's accounts: create, list, usage, disable.")
+accounts = typer.Typer(no_args_is_help=True, help="The embedding API's accounts: create, list, usage, disable, prune.")
 app.add_typer(accounts, name="accounts")
 
 
@@ -181,7 +195,7 @@ def accounts_create(
     name: str,
     db: Db = "eaas.sqlite",
     quota: Annotated[Optional[int], typer.Option(min=0, help="Images the account may embed in total (default: unlimited).")] = None,
-    price: Annotated[float, typer.Option(min=0, help="Price per query (image).")] = 0.0,
+    price: Annotated[str, typer.Option(help="Price per query (image), exact to a millionth, e.g. 0.001.")] = "0",
     rate: Annotated[Optional[float], typer.Option(help="Requests per second (default: unlimited).")] = None,
     burst: Annotated[int, typer.Option(min=1, help="Requests allowed at once before the rate applies.")] = 1,
 ) -> None:
@@ -194,19 +208,22 @@ def accounts_create(
 
 
 def _usage_table(rows) -> Table:
+    from encsteal.service.ledger import format_money
+
     table = Table()
     for column in ("account", "queries", "quota", "left", "requests", "price", "spent", "status"):
         table.add_column(column, justify="left" if column in ("account", "status") else "right")
     for row in rows:
         table.add_row(row.name, str(row.used), "∞" if row.quota is None else str(row.quota),
-                      "∞" if row.remaining is None else str(row.remaining), str(row.requests), f"{row.price:g}",
-                      f"{row.spent:.4f}", "disabled" if row.disabled else "active")
+                      "∞" if row.remaining is None else str(row.remaining), str(row.requests),
+                      format_money(row.price_micros), format_money(row.spent_micros),
+                      "disabled" if row.disabled else "active")
     return table
 
 
 @accounts.command("list")
 def accounts_list(db: Db = "eaas.sqlite") -> None:
-    """Every account with its usage."""
+    """Every account with its usage (money exact, in the provider's currency)."""
     from encsteal.service.ledger import Ledger
 
     console.print(_usage_table(_guard(lambda: Ledger(db).usage())))
@@ -236,6 +253,22 @@ def accounts_enable(name: str, db: Db = "eaas.sqlite") -> None:
 
     _guard(lambda: Ledger(db).set_disabled(name, False))
     console.print(f"account '{name}' enabled")
+
+
+@accounts.command("prune")
+def accounts_prune(db: Db = "eaas.sqlite", replay_ttl: ReplayTtl = "24h", replay_max_mb: ReplayMaxMb = 1024.0) -> None:
+    """Drop stored replays older than --replay-ttl, then the oldest beyond --replay-max-mb (what `serve` does as it
+    runs). Billing records stay; a request repeated after its replay was dropped is billed again. SQLite reuses
+    the space freed; VACUUM the file to shrink it."""
+    from encsteal.service.ledger import Ledger
+
+    def prune():
+        ledger = Ledger(db)
+        return ledger.prune(max_age=_duration(replay_ttl), max_bytes=int(replay_max_mb * 2**20)), ledger.replay_bytes()
+
+    pruned, left = _guard(prune)
+    console.print(f"dropped {pruned.replays} stored replays ({pruned.bytes / 2**20:.1f} MB); "
+                  f"{left / 2**20:.1f} MB of replays kept")
 
 
 @app.command()

@@ -4,6 +4,7 @@ import base64
 import io
 import json
 import time
+from decimal import Decimal
 
 import httpx
 import numpy as np
@@ -44,10 +45,26 @@ def test_http_target_returns_what_the_local_target_returns(api, checkpoint, one_
     batch = images(40)
     remote = client.embed(batch)
     torch.testing.assert_close(remote, local(checkpoint).embed(batch), rtol=1e-4, atol=1e-5)
-    assert client.queries == 40 and client.cost == pytest.approx(10.0)
+    assert client.queries == 40 and client.cost == Decimal(10)
     usage = client.usage()
-    assert usage["used"] == 40 and usage["requests"] == 3 and usage["spent"] == pytest.approx(10.0)
+    assert usage["used"] == 40 and usage["requests"] == 3 and usage["spent"] == 10 and usage["spent_micros"] == 10**7
     assert sum(entry.images for entry in ledger.entries("parity")) == 40
+
+
+def test_money_is_exact_in_answers_usage_and_the_client(api):
+    server, ledger = api
+    key = ledger.create_account("cents", price="0.1")
+    client = HttpTarget(server.url, key)
+    for seed in range(3):  # 0.1 + 0.1 + 0.1 is 0.30000000000000004 in floats
+        client.embed(images(1, seed=seed))
+    assert client.cost == Decimal("0.3")
+    usage = client.usage()
+    assert usage["spent"] == 0.3 and usage["spent_micros"] == 300_000 and usage["price_micros"] == 100_000
+    priced = post(server, key, npy(images(3, seed=7)), Accept=codec.NPY)
+    assert priced.headers["x-cost"] == "0.3"
+    as_json = post(server, key, npy(images(1, seed=8))).json()
+    assert as_json["cost"] == 0.1 and as_json["cost_micros"] == 100_000
+    assert ledger.usage("cents")[0].spent == Decimal("0.7")
 
 
 def test_json_png_requests_match_npy_and_other_sizes_are_resized(api, checkpoint, one_thread):
@@ -99,7 +116,7 @@ def test_quota(api):
     with pytest.raises(QuotaExhausted, match="quota"):
         HttpTarget(server.url, key).embed(images(3, seed=2))
     (usage,) = ledger.usage("small-quota")
-    assert usage.used == 4 and usage.spent == 4.0 and usage.requests == 1
+    assert usage.used == 4 and usage.spent == 4 and usage.requests == 1
 
 
 def test_rate_limit_answers_429_and_the_client_waits(api):

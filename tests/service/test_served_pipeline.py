@@ -28,7 +28,7 @@ def test_served_run_with_a_defense_reports_cost(tmp_path, one_thread, monkeypatc
     assert results["queries"] == 48 and results["cost"] == pytest.approx(24.0)
     assert results["defenses"] == "top-k:k=8" and results["target_kind"] == "served"
     (usage,) = Ledger(tmp_path / "run" / "service.sqlite").usage()
-    assert usage.used == 48 and usage.spent == pytest.approx(24.0)
+    assert usage.used == 48 and usage.spent == 24 and usage.spent_micros == 24_000_000
     assert json.loads((tmp_path / "run" / "results.json").read_text())["cost"] == pytest.approx(24.0)
     assert "top-k:k=8" in (tmp_path / "run" / "report.md").read_text()
 

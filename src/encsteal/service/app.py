@@ -4,10 +4,25 @@
     GET  /v1/model        input size, feature dimension, formats and limits
     GET  /v1/usage        the calling account's queries, quota and spending
     GET  /healthz         liveness
+    GET  /docs            the API's documentation page (Swagger UI), its assets served here: it works offline
 
 Status codes: 401 missing or unknown API key, 403 disabled account, 429 over the rate limit (with
-Retry-After), 402 over the quota, 413 too large, 415 unknown Content-Type, 400/422 malformed input. No
-rejected request is billed; see encsteal.service.ledger for exactly when a request is.
+Retry-After), 402 over the quota, 413 too large (bytes, images or pixels), 415 unknown Content-Type,
+400/422 malformed input, 409 a concurrent request with the same Idempotency-Key. No rejected request is
+billed; see encsteal.service.ledger for exactly when a request is.
+
+The order of the work bounds what a request can cost the provider before it is paid for: the API key and
+the rate limit are checked before the body is read, the body is read up to `max_bytes`, its structure is
+parsed up to the number of images (the JSON list, the .npy header), the quota is checked for that
+number, and only then are image headers read, the pixel limits checked (`max_image_pixels`,
+`max_request_pixels`) and pixels decoded. benchmarks/request_bounds.py measures the worst case.
+
+Replays: a request with an `Idempotency-Key` header is answered again from the ledger, free, when the same
+account repeats it (same key, same images) to the same model (`model_id`: weights and defenses). Sent to
+a server that serves another model, it is no replay: it is computed and billed. Stored replays expire
+after `replay_ttl` seconds and, oldest first, beyond `replay_max_bytes` in all; each worker prunes them
+when it starts and then at most every PRUNE_INTERVAL seconds; after expiry a repeated request is computed
+and billed again.
 """
 
 from __future__ import annotations
@@ -17,25 +32,33 @@ import json
 import logging
 import math
 import os
+import re
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import FastAPI, HTTPException, Request, Response, Security
 from fastapi.concurrency import run_in_threadpool
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 
 from encsteal.checkpoint import load_encoder
 from encsteal.defenses import DefendedEncoder, DefenseConfig, build_defense, identity
 from encsteal.service import codec
-from encsteal.service.ledger import Account, Ledger, QuotaExceeded
+from encsteal.service.ledger import MICROS, Account, Ledger, LedgerEntry, QuotaExceeded, format_money
 from encsteal.training import channels_last
 
 log = logging.getLogger("encsteal.service")
 
 SETTINGS_ENV = "ENCSTEAL_SERVE_SETTINGS"
+PRUNE_INTERVAL = 60.0
+"""Seconds between two prunings of stored replays by one worker."""
+KEY_PATTERN = re.compile(r"^[!-~]{1,128}$")
+"""An Idempotency-Key: 1 to 128 visible ASCII characters."""
 
 
 class ServeSettings(BaseModel):
@@ -47,34 +70,69 @@ class ServeSettings(BaseModel):
     threads: int | None = Field(None, ge=1)
     """Torch threads per worker process (default: torch's choice)."""
     max_batch: int = Field(512, ge=1)
+    """Images of one request."""
     max_bytes: int = Field(64 << 20, ge=1024)
+    """Bytes of one request body."""
+    max_image_pixels: int = Field(4096 * 4096, ge=1)
+    """Pixels (width x height) of one image, read from its header before it is decoded."""
+    max_request_pixels: int = Field(4096 * 4096, ge=1)
+    """Pixels of all the images of one request: what bounds its decoding time and memory."""
+    replay_ttl: float = Field(24 * 3600.0, gt=0)
+    """Seconds a stored replay is kept; after that a repeated request is computed and billed again."""
+    replay_max_bytes: int = Field(1 << 30, ge=0)
+    """Bytes of stored replays kept in all; beyond, the oldest are dropped (and billed again if repeated)."""
     description: str = ""
     """What the provider chooses to disclose about the model, shown by GET /v1/model."""
 
+    def limits(self) -> codec.Limits:
+        return codec.Limits(self.max_batch, self.max_image_pixels, self.max_request_pixels)
 
-EMBEDDINGS_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            codec.JSON: {"schema": {"type": "object", "required": ["images"], "properties": {
-                "images": {"type": "array", "items": {"type": "string", "format": "byte"},
-                           "description": "base64-encoded PNG or JPEG files, any size (resized to the input size)"}}}},
-            codec.NPY: {"schema": {"type": "string", "format": "binary",
-                                   "description": "a NumPy .npy array N x C x H x W, C in {1, 3}, uint8 0-255 or float 0-1"}},
+
+def _detail(description: str) -> dict:
+    return {"description": description, "content": {codec.JSON: {"schema": {
+        "type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}}}}}
+
+
+REFUSALS = {"401": _detail("missing or unknown API key"), "403": _detail("account disabled")}
+
+def embeddings_doc(settings: ServeSettings) -> dict:
+    """The OpenAPI description of POST /v1/embeddings under these settings (what /docs shows and clients and
+    fuzzers are generated from)."""
+    images = {"type": "array", "minItems": 1, "maxItems": settings.max_batch,
+              "items": {"type": "string", "format": "byte"},
+              "description": f"base64-encoded PNG or JPEG files, any size (resized to the input size), at most "
+                             f"{settings.max_image_pixels} pixels each and {settings.max_request_pixels} in all"}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                codec.JSON: {"schema": {"type": "object", "required": ["images"], "properties": {"images": images}}},
+                codec.NPY: {"schema": {"type": "string", "format": "binary",
+                                       "description": "a NumPy .npy array N x C x H x W, C in {1, 3}, uint8 0-255 or "
+                                                      "float 0-1"}},
+            },
         },
-    },
-    "responses": {
-        "200": {"description": "features; JSON by default, float32 .npy N x D with `Accept: application/x-npy` "
-                               "(billing figures then in X-Queries-Billed, X-Quota-Remaining, X-Cost)",
-                "content": {codec.JSON: {}, codec.NPY: {}}},
-        "401": {"description": "missing or unknown API key"}, "402": {"description": "over the quota"},
-        "403": {"description": "account disabled"}, "413": {"description": "payload or batch too large"},
-        "415": {"description": "unsupported Content-Type"}, "422": {"description": "malformed images"},
-        "429": {"description": "over the rate limit; see Retry-After"},
-    },
-    "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"},
-                    "description": "repeat a request with the same key to receive its features again without a charge"}],
-}
+        "responses": {
+            "200": {"description": "features; JSON by default, float32 .npy N x D with `Accept: application/x-npy` "
+                                   "(billing figures then in X-Queries-Billed, X-Quota-Remaining, X-Cost)",
+                    "content": {codec.JSON: {"schema": {"type": "object", "properties": {
+                        "embeddings": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+                        "dim": {"type": "integer"}, "queries_billed": {"type": "integer"},
+                        "quota_remaining": {"type": ["integer", "null"]},
+                        "cost": {"type": "number", "description": "exact decimal, at most 6 places"},
+                        "cost_micros": {"type": "integer", "description": "the cost in millionths of the currency"}}}},
+                        codec.NPY: {"schema": {"type": "string", "format": "binary"}}}},
+            "400": _detail("malformed input (body, image, header)"), **REFUSALS, "402": _detail("over the quota"),
+            "409": _detail("a request with this Idempotency-Key is being billed; repeat it"),
+            "413": _detail("payload, batch or pixels over the limits of GET /v1/model"),
+            "415": _detail("unsupported Content-Type"), "422": _detail("images the API cannot embed"),
+            "429": _detail("over the rate limit; see Retry-After"),
+        },
+        "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                        "schema": {"type": "string", "pattern": KEY_PATTERN.pattern},
+                        "description": "repeat a request with the same key to receive its features again without a "
+                                       "charge (from the same model, while the stored answer has not expired)"}],
+    }
 
 
 class Model:
@@ -89,7 +147,8 @@ class Model:
         self.encoder = DefendedEncoder(encoder.to(memory_format=torch.channels_last), defenses).eval()
         self.feature_dim = encoder.feature_dim
         weights = hashlib.sha256(Path(settings.checkpoint).read_bytes()).hexdigest()
-        # Identifies weights and defenses together (clients key their caches by it) without disclosing either.
+        # Identifies weights and defenses together (clients key their caches by it, the ledger its replays)
+        # without disclosing either.
         self.model_id = hashlib.sha256(f"{weights}|{identity(settings.defenses)}".encode()).hexdigest()[:16]
         self.lock = threading.Lock()
 
@@ -102,20 +161,45 @@ class Model:
         return features
 
 
+class Retention:
+    """Drops stored replays past their age or beyond their total size: now, and then at most every
+    PRUNE_INTERVAL seconds (each worker process on its own; pruning twice does no harm)."""
+
+    def __init__(self, ledger: Ledger, settings: ServeSettings) -> None:
+        self.ledger, self.max_age, self.max_bytes = ledger, settings.replay_ttl, settings.replay_max_bytes
+        self.lock = threading.Lock()
+        self.last = 0.0
+        self.prune_if_due()
+
+    def prune_if_due(self) -> None:
+        if time.monotonic() - self.last < PRUNE_INTERVAL or not self.lock.acquire(blocking=False):
+            return
+        try:
+            pruned = self.ledger.prune(max_age=self.max_age, max_bytes=self.max_bytes)
+            if pruned.replays:
+                log.info("dropped %d stored replays (%d bytes)", pruned.replays, pruned.bytes)
+            self.last = time.monotonic()
+        finally:
+            self.lock.release()
+
+
 def create_app(settings: ServeSettings) -> FastAPI:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     model = Model(settings)
     ledger = Ledger(settings.db)
-    app = FastAPI(title="encsteal embedding API", version="1",
-                  description="Image embeddings from a pre-trained encoder, billed per image. " + settings.description)
+    retention = Retention(ledger, settings)
+    limits = settings.limits()
+    bearer = HTTPBearer(auto_error=False, description="the account's API key: `Authorization: Bearer es_...`")
+    # FastAPIOffline serves Swagger UI's script and style from its package instead of a CDN. No ReDoc page:
+    # its bundle still fetches a logo from the internet.
+    app = FastAPIOffline(redoc_url=None, title="encsteal embedding API", version="1",
+                         description="Image embeddings from a pre-trained encoder, billed per image. " + settings.description)
 
-    def account_of(request: Request) -> Account:
-        header = request.headers.get("authorization", "")
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
+    def account_of(credentials: HTTPAuthorizationCredentials | None) -> Account:
+        if credentials is None or not credentials.credentials.strip():
             raise HTTPException(401, "missing API key: send 'Authorization: Bearer <key>'", {"WWW-Authenticate": "Bearer"})
-        account = ledger.authenticate(key.strip())
+        account = ledger.authenticate(credentials.credentials.strip())
         if account is None:
             raise HTTPException(401, "unknown API key", {"WWW-Authenticate": "Bearer"})
         if account.disabled:
@@ -136,68 +220,86 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     def serve_request(account: Account, body: bytes, content_type: str,
                       idempotency_key: str | None) -> tuple[np.ndarray, int, int | None]:
-        """(features, queries billed, quota left); one read (authentication) and one write (billing) per request."""
+        """(features, queries billed, quota left); cheap checks first, heavy work only for a request that
+        may be answered."""
         try:
-            images = codec.decode_request(body, content_type, model.image_size, settings.max_batch)
+            request = codec.parse_request(body, content_type, limits)
+        except codec.BadRequest as exc:
+            raise HTTPException(exc.status, str(exc)) from None
+        stored = ledger.replay(account, model.model_id, idempotency_key, max_age=settings.replay_ttl) \
+            if idempotency_key else None
+        if stored is None and account.quota is not None and account.used + request.count > account.quota:
+            # refused before decoding anything (billing below re-checks, atomically, against concurrent requests)
+            raise HTTPException(402, str(QuotaExceeded(account.used, account.quota, request.count)))
+        try:
+            images = request.decode(model.image_size)
         except codec.BadRequest as exc:
             raise HTTPException(exc.status, str(exc)) from None
         digest = hashlib.sha256(images.numpy().tobytes()).hexdigest()
-        if idempotency_key:
-            replayed = replay(account, idempotency_key, digest)
-            if replayed is not None:
-                return replayed, 0, None if account.quota is None else max(0, account.quota - account.used)
-        if account.quota is not None and account.used + len(images) > account.quota:
-            # refused before computing anything (billing below re-checks, atomically, against concurrent requests)
-            raise HTTPException(402, str(QuotaExceeded(account.used, account.quota, len(images))))
+        if stored is not None:
+            return replayed(stored, digest), 0, None if account.quota is None else max(0, account.quota - account.used)
         features = model.embed(images)
         try:
-            remaining = ledger.bill(account, len(images), digest, idempotency_key, features.tobytes())
+            remaining = ledger.bill(account, len(images), digest, model.model_id, idempotency_key, features.tobytes())
         except QuotaExceeded as exc:
             raise HTTPException(402, str(exc)) from None
         except IntegrityError:  # the same idempotent request, billed by a concurrent worker a moment ago
-            return replay(account, idempotency_key, digest), 0, None
+            stored = ledger.replay(account, model.model_id, idempotency_key)
+            if stored is None:
+                raise HTTPException(409, "a request with this Idempotency-Key was being billed at the same time; "
+                                         "repeat it") from None
+            return replayed(stored, digest), 0, None
+        retention.prune_if_due()
         return features, len(images), remaining
 
-    def replay(account: Account, key: str, digest: str) -> np.ndarray | None:
-        entry = ledger.replay(account, key)
-        if entry is None:
-            return None
+    def replayed(entry: LedgerEntry, digest: str) -> np.ndarray:
         if entry.request_digest != digest:
             raise HTTPException(422, "this Idempotency-Key was used for other images; use a new key per request")
         return np.frombuffer(entry.features, dtype=np.float32).reshape(entry.images, -1)
 
-    @app.post("/v1/embeddings", openapi_extra=EMBEDDINGS_DOC)
-    async def embeddings(request: Request) -> Response:
-        account = await run_in_threadpool(account_of, request)
+    def idempotency_key_of(request: Request) -> str | None:
+        key = request.headers.get("idempotency-key")
+        if key is not None and not KEY_PATTERN.fullmatch(key):
+            raise HTTPException(400, "the Idempotency-Key must be 1 to 128 visible ASCII characters (no spaces)")
+        return key
+
+    @app.post("/v1/embeddings", openapi_extra=embeddings_doc(settings))
+    async def embeddings(request: Request, credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> Response:
+        key = idempotency_key_of(request)
+        account = await run_in_threadpool(account_of, credentials)
         wait = await run_in_threadpool(ledger.admit, account)
         if wait is not None:
             seconds = max(1, math.ceil(wait))
             raise HTTPException(429, f"rate limit of {account.rate:g} requests/s exceeded; retry in {seconds} s",
                                 {"Retry-After": str(seconds)})
         body = await read_body(request)
-        key = request.headers.get("idempotency-key")
         features, billed, remaining = await run_in_threadpool(
             serve_request, account, body, request.headers.get("content-type", ""), key)
-        figures = {"queries_billed": billed, "quota_remaining": remaining, "cost": billed * account.price}
+        cost = billed * account.price_micros
         if codec.NPY in request.headers.get("accept", ""):
-            headers = {"X-Queries-Billed": str(billed), "X-Cost": repr(figures["cost"]),
+            headers = {"X-Queries-Billed": str(billed), "X-Cost": format_money(cost),
                        "X-Quota-Remaining": "unlimited" if remaining is None else str(remaining)}
             return Response(codec.encode_npy(features), media_type=codec.NPY, headers=headers)
-        body = {"embeddings": features.tolist(), "dim": int(features.shape[1]), **figures}
+        body = {"embeddings": features.tolist(), "dim": int(features.shape[1]), "queries_billed": billed,
+                "quota_remaining": remaining, "cost": cost / MICROS, "cost_micros": cost}
         return Response(json.dumps(body), media_type=codec.JSON)
 
     @app.get("/v1/model")
     def model_info() -> dict:
         return {"model_id": model.model_id, "input_size": model.image_size, "channels": 3,
                 "feature_dim": model.feature_dim, "dtype": "float32", "formats": [codec.JSON, codec.NPY],
-                "max_batch": settings.max_batch, "max_bytes": settings.max_bytes, "description": settings.description}
+                "max_batch": settings.max_batch, "max_bytes": settings.max_bytes,
+                "max_image_pixels": settings.max_image_pixels, "max_request_pixels": settings.max_request_pixels,
+                "replay_ttl": settings.replay_ttl, "description": settings.description}
 
-    @app.get("/v1/usage")
-    def account_usage(request: Request) -> dict:
-        account = account_of(request)
+    @app.get("/v1/usage", responses=REFUSALS)
+    def account_usage(credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> dict:
+        account = account_of(credentials)
         usage = ledger.usage(account.name)[0]
+        # money as exact decimals (a JSON number's text, at most 6 places) and as integer micro-units
         return {"account": usage.name, "used": usage.used, "quota": usage.quota, "remaining": usage.remaining,
-                "spent": usage.spent, "price": usage.price, "requests": usage.requests}
+                "spent": usage.spent_micros / MICROS, "spent_micros": usage.spent_micros,
+                "price": usage.price_micros / MICROS, "price_micros": usage.price_micros, "requests": usage.requests}
 
     @app.get("/healthz")
     def healthz() -> dict:

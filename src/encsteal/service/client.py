@@ -3,13 +3,19 @@
 It sends uint8 batches as .npy, retries on 429 (after Retry-After), on 5xx and on lost connections with
 exponential backoff, and sends every request with an Idempotency-Key derived from its images: a request
 whose answer was lost is asked again and answered from the provider's ledger without a second charge.
-Wrap it in a CachedTarget (the pipeline does) so a killed run re-buys nothing.
+Wrap it in a CachedTarget (the pipeline does) so a killed run re-buys nothing. A replay is free only while
+the provider keeps it (see the server's replay_ttl) and only from the same model: a request repeated after
+that is billed again.
+
+Batches are cut to the server's limits (max_batch images and max_request_pixels pixels per request, from
+GET /v1/model). `cost` adds up the exact costs the API reported (a Decimal).
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from decimal import Decimal
 
 import httpx
 import numpy as np
@@ -45,16 +51,21 @@ class HttpTarget:
         self.client = httpx.Client(base_url=self.url, timeout=timeout, headers={"Authorization": f"Bearer {api_key}"})
         self.queries = 0
         """Images billed by the API to this object (replays of paid requests are free)."""
-        self.cost = 0.0
+        self.cost = Decimal(0)
+        """Money billed to this object, exactly, as the API reported it."""
         info = self._request("GET", "/v1/model").json()
         self.model_id: str = info["model_id"]
         self.image_size: int = info["input_size"]
         self.feature_dim: int = info["feature_dim"]
         self.batch_size = min(batch_size, info.get("max_batch", batch_size))
+        self.max_request_pixels: int | None = info.get("max_request_pixels")
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         check_images(images)
-        return torch.cat([self._embed_batch(chunk) for chunk in images.split(self.batch_size)])
+        per_request = self.batch_size
+        if self.max_request_pixels is not None:
+            per_request = max(1, min(per_request, self.max_request_pixels // (images.shape[2] * images.shape[3])))
+        return torch.cat([self._embed_batch(chunk) for chunk in images.split(per_request)])
 
     def usage(self) -> dict:
         """The account's queries, quota and spending, as the provider's ledger has them."""
@@ -72,7 +83,7 @@ class HttpTarget:
         if features.shape[0] != len(images):
             raise QueryError(f"the API answered {len(images)} images with {features.shape[0]} feature vectors")
         self.queries += int(response.headers.get("x-queries-billed", 0))
-        self.cost += float(response.headers.get("x-cost", 0.0))
+        self.cost += Decimal(response.headers.get("x-cost", "0"))
         return torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
 
     def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
