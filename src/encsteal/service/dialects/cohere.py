@@ -132,6 +132,12 @@ class CohereWire(Wire):
     idempotent = True
     served_path = ""
 
+    def discover_model(self, client: httpx.Client) -> str | None:
+        """The one model GET /v1/models lists (encsteal's server lists one; Cohere lists many: then set it)."""
+        response = client.get("/v1/models")
+        names = [entry.get("id") for entry in response.json().get("data", [])] if response.status_code == 200 else []
+        return names[0] if len(names) == 1 and isinstance(names[0], str) else None
+
     def body(self, images: list[str]) -> dict:
         if self.model is None:
             raise ValueError("the cohere wire needs target.model (e.g. embed-v4.0)")
