@@ -63,6 +63,7 @@ def print_results(results: dict) -> None:
         console.print(f"⚠ {', '.join(weak_tasks)}: the target beats a random encoder by under 2 points, "
                       "too little for G to mean anything.")
     cost = "" if results.get("cost") is None else f"cost {results['cost']:.4g} · "
+    cost += "".join(f"billed {count} {unit} · " for unit, count in (results.get("billed") or {}).items())
     console.print(
         f"queries {results['queries']} · {cost}defenses {results.get('defenses', 'none')} · pre-training {results['pretrain_seconds'] or 0:.0f} s · "
         f"stealing {results['steal_seconds']:.0f} s · evaluation {results['evaluate_seconds']:.0f} s"
@@ -161,9 +162,12 @@ def serve(
     replay_ttl: ReplayTtl = "24h",
     replay_max_mb: ReplayMaxMb = 1024.0,
     description: Annotated[str, typer.Option(help="What GET /v1/model discloses about the model.")] = "",
+    model_name: Annotated[Optional[str], typer.Option(
+        help="The `model` OpenAI and Cohere clients send (GET /v1/models lists it; default: the model_id).")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
 ) -> None:
-    """Serve an encoder as an embedding API (POST /v1/embeddings; docs at /docs), billed per image."""
+    """Serve an encoder as an embedding API (POST /v1/embeddings, also in OpenAI's shape; POST /v2/embed in
+    Cohere's; docs at /docs), billed per image."""
 
     def start() -> None:
         from encsteal.defenses import parse_defense
@@ -178,7 +182,8 @@ def serve(
         settings = ServeSettings(checkpoint=checkpoint, db=db, defenses=defenses, device=device, threads=threads,
                                  max_batch=max_batch, max_image_pixels=max_image_pixels,
                                  max_request_pixels=max_request_pixels, replay_ttl=_duration(replay_ttl),
-                                 replay_max_bytes=int(replay_max_mb * 2**20), description=description)
+                                 replay_max_bytes=int(replay_max_mb * 2**20), description=description,
+                                 model_name=model_name)
         built = create_app(settings)  # loads the checkpoint and opens the database: any problem shows here
         errors.print(f"serving {checkpoint} on http://{host}:{port} (docs at /docs), accounts in {masked_url(db)}")
         run_server(settings, host=host, port=port, workers=workers, log_level="info", app=built)

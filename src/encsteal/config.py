@@ -29,6 +29,9 @@ PRETRAIN_METHODS = ("simclr", "moco")
 and attacks read this config, so it names them instead of importing them (the stairs go one way); a test keeps
 each registry and its names equal."""
 ATTACK_NAMES = ("stolenencoder", "stolenencoder-query-aug", "surrogate-pretrain")
+Wire = Literal["native", "openai", "openai-messages", "cohere", "clarifai"]
+"""The dialects of the attacker's client: native, and the names in encsteal.service.dialects.WIRES (a test keeps
+them equal)."""
 
 
 class Section(BaseModel):
@@ -163,7 +166,7 @@ class TargetConfig(Section):
     """Where the attacker's queries go, and the provider's defenses.
 
     local: the encoder in this process; served: the run starts the embedding API on 127.0.0.1 from the
-    checkpoint and steals over HTTP; http: a running API at `url`."""
+    checkpoint and steals over HTTP; http: a running API at `url`, encsteal's or another service's (`wire`)."""
 
     kind: Literal["local", "served", "http"] = "local"
     checkpoint: Path | None = None
@@ -183,6 +186,19 @@ class TargetConfig(Section):
     """Images per request; the query cache is written after every request."""
     query_cache: Path | None = None
     """The query cache (SQLite); default <run_dir>/queries.sqlite. Runs against the same target may share one."""
+    wire: Wire = "native"
+    """The dialect the client speaks (kinds served and http): native (encsteal's own), openai (url: the base URL
+    with /v1, as the openai client's), openai-messages (one image per request as a chat message, as vLLM takes
+    them), cohere (url: the host), clarifai (url: the model's URL, .../models/M[/versions/V]).
+    A served run speaks it to encsteal's own server (all but clarifai)."""
+    model: str | None = None
+    """The model asked for by the openai and cohere wires; None: the one model the service lists (GET /models
+    under the base URL), if it lists one."""
+    encoding_format: Literal["float", "base64"] | None = None
+    """How the openai and cohere wires ask for embeddings; None: as their SDKs do (openai base64, cohere float)."""
+    extra_body: dict[str, Any] = {}
+    """Fields added to every request of the openai, cohere and clarifai wires (e.g. {modality: image} for
+    Infinity, or a Clarifai model's output_info)."""
 
     @model_validator(mode="after")
     def _check_kind(self) -> TargetConfig:
@@ -190,6 +206,14 @@ class TargetConfig(Section):
             raise ValueError("kind 'http' needs target.url (e.g. http://127.0.0.1:8000)")
         if self.kind != "http" and (self.url or self.api_key):
             raise ValueError(f"target.url and target.api_key are for kind 'http', not '{self.kind}'")
+        if self.kind == "local" and self.wire != "native":
+            raise ValueError("target.wire is for kinds served and http (a local target has no wire)")
+        if self.kind == "served" and self.wire == "clarifai":
+            raise ValueError("encsteal's own server does not speak the clarifai wire: use kind http with a Clarifai "
+                             "model URL")
+        if self.wire == "native" and (self.model or self.encoding_format or self.extra_body):
+            raise ValueError("target.model, target.encoding_format and target.extra_body are for the other wires "
+                             "(target.wire), not native")
         return self
 
     def resolved_api_key(self) -> str | None:

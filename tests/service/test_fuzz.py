@@ -1,7 +1,9 @@
 """The API driven from its own OpenAPI schema by a property-based fuzzer (schemathesis) against a real server
 process: requests valid and invalid by the schema, with and without a key; no 5xx, answers as documented
 (status codes, content types, bodies), a key always required, and not a query billed for a refused
-request (every answered one billed exactly). Hypothesis runs derandomized: the same examples every run."""
+request (every answered one billed exactly). The compatible shapes are fuzzed too: POST /v1/embeddings's
+schema holds this API's, OpenAI's and the chat-style bodies, and POST /v2/embed is Cohere's. Hypothesis runs
+derandomized: the same examples every run."""
 
 import httpx
 import pytest
@@ -34,10 +36,14 @@ def fuzzed(request, checkpoint):
 
 
 CONFIG = schemathesis.Config.from_dict({"checks": {"negative_data_rejection": {
-    "expected-statuses": [400, 401, 403, 409, 413, 415, 422, 429]}}})
-"""A request the schema calls invalid must be refused with one of these (413: over a size limit)."""
+    "expected-statuses": [400, 401, 403, 404, 409, 413, 415, 422, 429]}}})
+"""A request the schema calls invalid must be refused with one of these (413: over a size limit; 404: a model
+that is not the served one)."""
 OPERATIONS = {("POST", "/v1/embeddings", GenerationMode.POSITIVE): EXAMPLES,
               ("POST", "/v1/embeddings", GenerationMode.NEGATIVE): EXAMPLES,
+              ("POST", "/v2/embed", GenerationMode.POSITIVE): EXAMPLES,
+              ("POST", "/v2/embed", GenerationMode.NEGATIVE): EXAMPLES,
+              ("GET", "/v1/models", GenerationMode.POSITIVE): 5,
               ("GET", "/v1/usage", GenerationMode.POSITIVE): 10, ("GET", "/v1/usage", GenerationMode.NEGATIVE): 10,
               ("GET", "/v1/model", GenerationMode.POSITIVE): 5, ("GET", "/healthz", GenerationMode.POSITIVE): 5}
 """Examples per operation and kind of data (operations without inputs have no invalid requests)."""
@@ -59,7 +65,7 @@ def test_the_api_holds_up_to_its_own_schema(fuzzed, method, path, mode):
         case.validate_response(response, checks=CHECKS, headers=auth)
         after = ledger.usage("fuzzer")[0]
         billed = 0
-        if response.status_code == 200 and path == "/v1/embeddings":
+        if response.status_code == 200 and path in ("/v1/embeddings", "/v2/embed"):
             billed = int(response.headers["x-queries-billed"]) if "x-queries-billed" in response.headers \
                 else response.json()["queries_billed"]
         assert after.used - before.used == billed, f"{method} {path} answered {response.status_code}"
@@ -72,5 +78,7 @@ def test_the_fuzzer_reached_the_endpoints(fuzzed):
     """The schema names every endpoint the fuzzer must drive (a schema that lost one would fuzz nothing)."""
     server, _, _ = fuzzed
     paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
-    assert {"/v1/embeddings", "/v1/model", "/v1/usage", "/healthz"} <= set(paths)
-    assert "security" in paths["/v1/embeddings"]["post"]
+    assert {"/v1/embeddings", "/v1/model", "/v1/usage", "/healthz", "/v1/models", "/v2/embed"} <= set(paths)
+    assert "security" in paths["/v1/embeddings"]["post"] and "security" in paths["/v2/embed"]["post"]
+    shapes = paths["/v1/embeddings"]["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
+    assert [shape["title"] for shape in shapes] == ["this API's own", "OpenAI embeddings", "chat-style (vLLM)"]

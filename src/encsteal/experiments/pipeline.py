@@ -21,7 +21,7 @@ import torch
 
 from encsteal.attacks import ATTACKS
 from encsteal.checkpoint import file_digest, load_encoder, provenance, reusable, save_encoder
-from encsteal.config import Config, ConfigError, dump_config
+from encsteal.config import Config, ConfigError, TargetConfig, dump_config
 from encsteal.data import load_dataset
 from encsteal.data.surrogate import draw, pretraining_images, surrogate_images
 from encsteal.defenses import build_defense, describe, identity
@@ -34,6 +34,7 @@ from encsteal.models import build_encoder
 from encsteal.pretrain import PRETRAINERS
 from encsteal.query_cache import CachedTarget, QueryCache
 from encsteal.service.client import HttpTarget
+from encsteal.service.dialects.target import WireTarget, open_target, served_url
 from encsteal.service.provider import served, with_shadow
 from encsteal.service.server import ServeSettings
 from encsteal.target import LocalTarget, Target
@@ -184,23 +185,36 @@ def _victim(run: Run) -> Iterator[tuple[Target, str, Callable[[], float | None]]
         return
     if kind == "http":
         url, key = config.target.url, config.target.resolved_api_key() or ""
-        with _client(url, key, config.target.query_batch_size) as victim:
+        with _client(url, key, config.target) as victim:
             yield victim
         return
     # served: the provider's API in a child process, with an account for this run
     settings = ServeSettings(checkpoint=run.target_path, db=str(run.dir / "service.sqlite"), defenses=defense_configs(run))
     with served(settings, run.dir / "api_key", config.target.price) as (url, key):
-        with _client(url, key, config.target.query_batch_size) as victim:
+        with _client(served_url(url, config.target.wire), key, config.target, ledger_url=url) as victim:
             yield victim
 
 
 @contextmanager
-def _client(url: str, key: str, batch_size: int) -> Iterator[tuple[Target, str, Callable[[], float | None]]]:
-    client = HttpTarget(url, key, batch_size=batch_size)
+def _client(url: str, key: str, target: TargetConfig, ledger_url: str | None = None
+            ) -> Iterator[tuple[Target, str, Callable[[], float | None]]]:
+    """The client of the API at `url` in target.wire; with its identity and the money spent: the account's
+    spending in the ledger of encsteal's server at `ledger_url` (a served run, whatever its wire), else what the
+    service reports (None where it reports none)."""
+    client = open_target(url, key, target.wire, model=target.model, encoding_format=target.encoding_format,
+                         extra_body=target.extra_body, batch_size=target.query_batch_size)
+    ledger = None if ledger_url is None else HttpTarget(ledger_url, key)
     try:
-        yield client, f"http:{client.model_id}", lambda: client.usage()["spent"]
+        yield client, f"http:{client.model_id}", lambda: (ledger or client).usage()["spent"]
     finally:
         client.close()
+        if ledger is not None:
+            ledger.close()
+
+
+def billed_units(target: Target) -> dict[str, int] | None:
+    """What a service of another wire billed, in its own unit ({"tokens": 1234}); None for the others."""
+    return target.billed_units() if isinstance(target, WireTarget) else None
 
 
 def _surrogate_labels(record: dict, run: Run) -> torch.Tensor | None:
@@ -216,7 +230,9 @@ def steal(run: Run) -> Path:
     target_meta = {} if remote_only else _target_encoder(run)[1]
     recipe = {"attack": config.attack.model_dump(mode="json"), "surrogate": config.surrogate.model_dump(mode="json"),
               "target": {"kind": config.target.kind, "checkpoint": None if remote_only else file_digest(run.target_path),
-                         "url": config.target.url, "defenses": identity(config.target.defenses)},
+                         "url": config.target.url, "defenses": identity(config.target.defenses),
+                         **({"wire": config.target.wire, "model": config.target.model}
+                            if config.target.wire != "native" else {})},
               "seed": config.seed}
     if reusable(run.stolen_path, recipe, "stolen encoder"):
         return run.stolen_path
@@ -239,6 +255,7 @@ def steal(run: Run) -> Path:
                                              labels=labels)
         seconds = ctx.seconds()  # a killed run's seconds count too
         cost = spent()
+        billed = billed_units(target)
     save_encoder(stolen, run.stolen_path, {
         "role": "stolen",
         "recipe": recipe,
@@ -248,6 +265,7 @@ def steal(run: Run) -> Path:
         "queries_this_run": cached.queries,
         "queries_reused": cached.reused,
         "cost": cost,
+        **({"billed": billed} if billed is not None else {}),
         "wall_seconds": seconds,
         "processes": run.dist.world,
         **provenance(),
@@ -332,6 +350,7 @@ def evaluate(run: Run) -> dict:
         "queries": stolen_meta["queries"],
         "queries_this_run": stolen_meta["queries_this_run"],
         "cost": stolen_meta.get("cost"),
+        **({"billed": stolen_meta["billed"]} if "billed" in stolen_meta else {}),
         "defenses": describe(config.target.defenses),
         "target_kind": config.target.kind,
         "pretrain_seconds": target_meta.get("wall_seconds"),

@@ -109,6 +109,7 @@ def write_report(results: dict, run_dir: Path) -> Path:
         "|---|---:|",
         f"| queries | {results['queries']} |",
         f"| cost (provider's currency) | {num(results.get('cost'), 4)} |",
+        *[f"| billed by the service ({unit}) | {count} |" for unit, count in (results.get("billed") or {}).items()],
         f"| pre-training wall time (s) | {num(results['pretrain_seconds'], 1)} |",
         f"| stealing wall time (s) | {num(results['steal_seconds'], 1)} |",
         f"| evaluation wall time (s) | {num(results['evaluate_seconds'], 1)} |",

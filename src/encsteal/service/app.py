@@ -3,13 +3,20 @@
     POST /v1/embeddings   images -> features (see encsteal.service.codec for the formats)
     GET  /v1/model        input size, feature dimension, formats and limits
     GET  /v1/usage        the calling account's queries, quota and spending
+    GET  /v1/models       the served model, as OpenAI lists models
+    POST /v2/embed        images -> features in Cohere's v2 shape
     GET  /healthz         liveness
     GET  /docs            the API's documentation page (Swagger UI), its assets served here: it works offline
 
+POST /v1/embeddings also reads OpenAI's shapes (`input`, `messages`), and answers them in OpenAI's; those
+routes' refusals are OpenAI-style {"error": {...}} bodies (encsteal.service.dialects). Every embedding
+answer carries the account's x-ratelimit-* headers (encsteal.service.ratelimit).
+
 Status codes: 401 missing or unknown API key, 403 disabled account, 429 over the rate limit (with
-Retry-After), 402 over the quota, 413 too large (bytes, images or pixels), 415 unknown Content-Type,
-400/422 malformed input, 409 a concurrent request with the same Idempotency-Key. No rejected request is
-billed; see encsteal.service.ledger for exactly when a request is.
+Retry-After and retry-after-ms), 402 over the quota, 413 too large (bytes, images or pixels), 415 unknown
+Content-Type, 400/422 malformed input, 409 a concurrent request with the same Idempotency-Key, 404 a `model`
+that is not the served one (the compatible shapes). No rejected request is billed; see
+encsteal.service.ledger for exactly when a request is.
 
 The order of the work bounds what a request can cost the provider before it is paid for: the API key and
 the rate limit are checked before the body is read, the body is read up to `max_bytes`, its structure is
@@ -30,7 +37,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import threading
@@ -48,7 +54,10 @@ from sqlalchemy.exc import IntegrityError
 
 from encsteal.checkpoint import load_encoder
 from encsteal.defenses import DefendedEncoder, DefenseConfig, build_defense, identity
-from encsteal.service import codec
+from encsteal.service import codec, ratelimit
+from encsteal.service.dialects import openai
+from encsteal.service.dialects.common import ServedModel
+from encsteal.service.dialects.routes import Endpoints, parse_embeddings, register
 from encsteal.service.ledger import MICROS, Account, Ledger, LedgerEntry, QuotaExceeded, format_money
 from encsteal.training import channels_last
 
@@ -83,6 +92,8 @@ class ServeSettings(BaseModel):
     """Bytes of stored replays kept in all; beyond, the oldest are dropped (and billed again if repeated)."""
     description: str = ""
     """What the provider chooses to disclose about the model, shown by GET /v1/model."""
+    model_name: str | None = None
+    """What clients send as `model` on the OpenAI and Cohere routes; None: the model_id."""
 
     def limits(self) -> codec.Limits:
         return codec.Limits(self.max_batch, self.max_image_pixels, self.max_request_pixels)
@@ -218,14 +229,17 @@ def create_app(settings: ServeSettings) -> FastAPI:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def serve_request(account: Account, body: bytes, content_type: str,
-                      idempotency_key: str | None) -> tuple[np.ndarray, int, int | None]:
+    def serve_request(account: Account, body: bytes, content_type: str, idempotency_key: str | None, *,
+                      parsed: codec.ParsedRequest | None = None) -> tuple[np.ndarray, int, int | None]:
         """(features, queries billed, quota left); cheap checks first, heavy work only for a request that
-        may be answered."""
-        try:
-            request = codec.parse_request(body, content_type, limits)
-        except codec.BadRequest as exc:
-            raise HTTPException(exc.status, str(exc)) from None
+        may be answered. `parsed`: the body already read up to its number of images (the routes that read
+        other shapes do so)."""
+        request = parsed
+        if request is None:
+            try:
+                request = codec.parse_request(body, content_type, limits)
+            except codec.BadRequest as exc:
+                raise HTTPException(exc.status, str(exc)) from None
         stored = ledger.replay(account, model.model_id, idempotency_key, max_age=settings.replay_ttl) \
             if idempotency_key else None
         if stored is None and account.quota is not None and account.used + request.count > account.quota:
@@ -263,26 +277,29 @@ def create_app(settings: ServeSettings) -> FastAPI:
             raise HTTPException(400, "the Idempotency-Key must be 1 to 128 visible ASCII characters (no spaces)")
         return key
 
-    @app.post("/v1/embeddings", openapi_extra=embeddings_doc(settings))
+    served = ServedModel(settings.model_name or model.model_id, model.feature_dim,
+                         int(Path(settings.checkpoint).stat().st_mtime))
+
+    @app.post("/v1/embeddings", openapi_extra=openai.document(embeddings_doc(settings), limits, served))
     async def embeddings(request: Request, credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> Response:
         key = idempotency_key_of(request)
         account = await run_in_threadpool(account_of, credentials)
-        wait = await run_in_threadpool(ledger.admit, account)
-        if wait is not None:
-            seconds = max(1, math.ceil(wait))
-            raise HTTPException(429, f"rate limit of {account.rate:g} requests/s exceeded; retry in {seconds} s",
-                                {"Retry-After": str(seconds)})
+        rate_headers = await run_in_threadpool(ratelimit.admit, ledger, account)
         body = await read_body(request)
+        content_type = request.headers.get("content-type", "")
+        parsed = await run_in_threadpool(parse_embeddings, body, content_type, limits, served)
         features, billed, remaining = await run_in_threadpool(
-            serve_request, account, body, request.headers.get("content-type", ""), key)
+            serve_request, account, body, content_type, key, parsed=parsed)
         cost = billed * account.price_micros
+        if isinstance(parsed, openai.OpenAIRequest):
+            return openai.answer(parsed, features, served, billed, remaining, cost, rate_headers)
         if codec.NPY in request.headers.get("accept", ""):
             headers = {"X-Queries-Billed": str(billed), "X-Cost": format_money(cost),
-                       "X-Quota-Remaining": "unlimited" if remaining is None else str(remaining)}
+                       "X-Quota-Remaining": "unlimited" if remaining is None else str(remaining), **rate_headers}
             return Response(codec.encode_npy(features), media_type=codec.NPY, headers=headers)
         body = {"embeddings": features.tolist(), "dim": int(features.shape[1]), "queries_billed": billed,
                 "quota_remaining": remaining, "cost": cost / MICROS, "cost_micros": cost}
-        return Response(json.dumps(body), media_type=codec.JSON)
+        return Response(json.dumps(body), media_type=codec.JSON, headers=rate_headers)
 
     @app.get("/v1/model")
     def model_info() -> dict:
@@ -305,6 +322,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     def healthz() -> dict:
         return {"status": "ok"}
 
+    register(app, Endpoints(served, limits, ledger, bearer, account_of, read_body, idempotency_key_of, serve_request))
     return app
 
 

@@ -8,7 +8,9 @@ the provider keeps it (see the server's replay_ttl) and only from the same model
 that is billed again.
 
 Batches are cut to the server's limits (max_batch images and max_request_pixels pixels per request, from
-GET /v1/model). `cost` adds up the exact costs the API reported (a Decimal).
+GET /v1/model). `cost` adds up the exact costs the API reported (a Decimal). After an answer whose
+x-ratelimit-remaining-requests is 0 the next request waits for x-ratelimit-reset-requests (`throttle`), so
+an account's rate is kept rather than hit. Other services' dialects: encsteal.service.dialects.target.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 
 from encsteal.errors import EncstealError
 from encsteal.service import codec
+from encsteal.service.ratelimit import Throttle
 from encsteal.target import QueryError, check_images
 
 
@@ -48,7 +51,9 @@ class HttpTarget:
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
-        self.client = httpx.Client(base_url=self.url, timeout=timeout, headers={"Authorization": f"Bearer {api_key}"})
+        self.throttle = Throttle(max_backoff)
+        self.client = httpx.Client(base_url=self.url, timeout=timeout, headers={"Authorization": f"Bearer {api_key}"},
+                                   event_hooks=self.throttle.hooks())
         self.queries = 0
         """Images billed by the API to this object (replays of paid requests are free)."""
         self.cost = Decimal(0)
@@ -115,7 +120,21 @@ class HttpTarget:
 
 
 def _detail(response: httpx.Response) -> str:
+    """The refusal's sentence: `detail` (this API), `error.message` (OpenAI-style), `message` (Cohere) or
+    `status.description` and `details` (Clarifai)."""
     try:
-        return str(response.json().get("detail", response.text))
+        body = response.json()
     except ValueError:
         return response.text.strip()[:200] or response.reason_phrase
+    if not isinstance(body, dict):
+        return response.text.strip()[:200]
+    error, status = body.get("error"), body.get("status")
+    if "detail" in body:
+        return str(body["detail"])
+    if isinstance(error, dict) and "message" in error:
+        return str(error["message"])
+    if "message" in body:
+        return str(body["message"])
+    if isinstance(status, dict):
+        return " ".join(str(status[part]) for part in ("description", "details") if status.get(part))
+    return response.text.strip()[:200]

@@ -6,7 +6,8 @@ Requests to POST /v1/embeddings, either
   * `Content-Type: application/x-npy`: one NumPy .npy array N x C x H x W (C = 1 or 3), uint8 in 0..255 or
     float32/float64 in [0, 1]: compact and fast, no decoding.
 Images whose size differs from the encoder's input are resized (bilinear, antialiased) to S x S; the aspect
-ratio is not kept, so send square crops if it matters.
+ratio is not kept, so send square crops if it matters. The JSON shapes of other services (OpenAI's,
+Cohere's: encsteal.service.dialects) are read with the same `load_json` and carry the same `Base64Images`.
 
 A request is read in two steps so that the server can refuse it before any heavy work: `parse_request`
 reads only its structure (the JSON list, or the .npy header) and knows the number of images; `decode`
@@ -48,11 +49,13 @@ class Limits:
 
 
 class BadRequest(ValueError):
-    """Input the API cannot embed; the message is the one sentence the client sees, with its status code."""
+    """Input the API cannot embed; the message is the one sentence the client sees, with its status code and,
+    where one field of the request is at fault, that field's name (`param` of OpenAI-style error bodies)."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, param: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.param = param
 
 
 class ParsedRequest:
@@ -65,19 +68,49 @@ class ParsedRequest:
         raise NotImplementedError
 
 
+def media_type(content_type: str) -> str:
+    """'application/json; charset=utf-8' -> 'application/json'."""
+    return content_type.split(";")[0].strip().lower()
+
+
 def parse_request(body: bytes, content_type: str, limits: Limits) -> ParsedRequest:
-    kind = content_type.split(";")[0].strip().lower()
+    kind = media_type(content_type)
     if kind == NPY:
         request: ParsedRequest = NpyRequest(body, limits)
     elif kind == JSON:
-        request = JsonRequest(body, limits)
+        request = JsonRequest(load_json(body, limits), limits)
     else:
         raise BadRequest(f"unsupported Content-Type '{content_type or '(none)'}': send {JSON} or {NPY}", 415)
+    return counted(request, limits)
+
+
+def counted(request: ParsedRequest, limits: Limits) -> ParsedRequest:
+    """The request, if it holds between 1 and max_batch images."""
     if request.count == 0:
         raise BadRequest("the request holds no images")
     if request.count > limits.max_batch:
         raise BadRequest(f"{request.count} images in one request; at most {limits.max_batch} are accepted", 413)
     return request
+
+
+def load_json(body: bytes, limits: Limits) -> dict:
+    """The JSON object of a request body (of any of the API's JSON shapes), parsed only if it is cheap to parse.
+    A body of many small items ([1,1,1,...]) or of deep nesting would cost far more to parse than its size
+    suggests; a request of n images holds at most about n + 16 brackets and commas in every shape (one item,
+    or one small object, per image, and a few fields), so more is refused unparsed."""
+    if body.count(b"[") + body.count(b"{") > limits.max_batch + 16:
+        raise BadRequest(f"the JSON body nests more lists and objects than a request of at most {limits.max_batch} "
+                         "images holds", 422)
+    if body.count(b",") >= limits.max_batch + 16:
+        raise BadRequest(f"more items than {limits.max_batch} images in one request; at most {limits.max_batch} "
+                         "are accepted", 413)
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise BadRequest("the body is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise BadRequest("the JSON body must be an object", 422)
+    return payload
 
 
 def decode_request(body: bytes, content_type: str, image_size: int, limits: Limits) -> torch.Tensor:
@@ -130,30 +163,27 @@ class NpyRequest(ParsedRequest):
         return resize(array, image_size)
 
 
-class JsonRequest(ParsedRequest):
-    def __init__(self, body: bytes, limits: Limits) -> None:
-        self.limits = limits
-        # A body of many small items ([1,1,1,...] or deep nesting) would cost far more to parse than its size
-        # suggests; a valid request has one object, one list and one comma between two images.
-        if body.count(b"[") + body.count(b"{") > 8:
-            raise BadRequest('expected JSON {"images": ["<base64 PNG or JPEG>", ...]} (base64 holds no brackets)', 422)
-        if body.count(b",") >= limits.max_batch + 8:
-            raise BadRequest(f"more items than {limits.max_batch} images in one request; at most {limits.max_batch} "
-                             "are accepted", 413)
-        try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            raise BadRequest("the body is not valid JSON") from None
-        encoded = payload.get("images") if isinstance(payload, dict) else None
-        if not isinstance(encoded, list) or not all(isinstance(item, str) for item in encoded):
-            raise BadRequest('expected JSON {"images": ["<base64 PNG or JPEG>", ...]}', 422)
-        self.encoded = encoded
+class Base64Images(ParsedRequest):
+    """Images as base64 text of PNG or JPEG files (what every JSON shape carries), no pixel decoded yet."""
+
+    def __init__(self, encoded: list[str], limits: Limits) -> None:
+        self.encoded, self.limits = encoded, limits
         self.count = len(encoded)
 
     def decode(self, image_size: int) -> torch.Tensor:
         files = [_base64(item, index) for index, item in enumerate(self.encoded)]
         check_pixels([_image_size(data, index) for index, data in enumerate(files)], self.limits)
         return torch.stack([resize(_decode_image(data, index), image_size)[0] for index, data in enumerate(files)])
+
+
+class JsonRequest(Base64Images):
+    """This API's own JSON shape, {"images": ["<base64 PNG or JPEG>", ...]} (other fields are ignored)."""
+
+    def __init__(self, payload: dict, limits: Limits) -> None:
+        encoded = payload.get("images")
+        if not isinstance(encoded, list) or not all(isinstance(item, str) for item in encoded):
+            raise BadRequest('expected JSON {"images": ["<base64 PNG or JPEG>", ...]}', 422)
+        super().__init__(encoded, limits)
 
 
 def _npy_header(body: bytes) -> tuple[tuple[int, ...], np.dtype, bool, int]:

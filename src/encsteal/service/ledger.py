@@ -303,6 +303,12 @@ class Ledger:
             now = None
         raise LedgerError("rate limiter: too much contention on one account")
 
+    def theoretical_arrival(self, account: Account) -> float:
+        """GCRA's theoretical arrival time of the account's next request (unix seconds): what its rate-limit
+        headers are computed from."""
+        with Session(self.engine) as session:
+            return float(session.scalar(select(Account.tat).where(Account.id == account.id)))
+
     def replay(self, account: Account, model_id: str, idempotency_key: str, *, max_age: float | None = None,
                now: float | None = None) -> LedgerEntry | None:
         """The stored answer to this account's request with this key from this model, if any. An answer
