@@ -24,19 +24,21 @@ from encsteal.checkpoint import file_digest, load_encoder, provenance, reusable,
 from encsteal.config import Config, ConfigError, dump_config
 from encsteal.data import load_dataset
 from encsteal.data.surrogate import draw, pretraining_images, surrogate_images
-from encsteal.defenses import build_defense, describe, identity
+from encsteal.defenses import ACCOUNT_AWARE, SimulatedAccounts, build_defense, describe, identity
+from encsteal.defenses.coverage import PRETRAINING
 from encsteal.defenses.poisoning import PoisoningConfig
 from encsteal.distributed import SINGLE, Dist, SharedAnswers, barrier, from_env
 from encsteal.errors import EncstealError
 from encsteal.evaluate import ProbeCache, evaluate_task
+from encsteal.experiments.customers import serve_customer
 from encsteal.experiments.report import write_report
 from encsteal.models import build_encoder
 from encsteal.pretrain import PRETRAINERS
 from encsteal.query_cache import CachedTarget, QueryCache
 from encsteal.service.client import HttpTarget
-from encsteal.service.provider import served, with_shadow
+from encsteal.service.provider import served, with_center, with_shadow
 from encsteal.service.server import ServeSettings
-from encsteal.target import LocalTarget, Target
+from encsteal.target import LocalTarget, SybilTarget, Target
 from encsteal.training import MetricsLog, TrainContext, keep_freed_memory, resolve_device, seed_everything
 
 
@@ -148,28 +150,66 @@ def _target_encoder(run: Run):
 
 
 def defense_configs(run: Run) -> list:
-    """target.defenses with every poisoning defense's shadow encoder in place (the provider trains it when missing)."""
+    """target.defenses with every poisoning defense's shadow encoder in place (the provider trains it when missing)
+    and every `center: pretraining` replaced by the target's mean-feature file (computed when missing)."""
     config = run.config
 
     def shadow_context(stage: str, recipe: dict) -> TrainContext:
         return run.context(stage, recipe, SINGLE)  # rank 0 alone
 
-    return [with_shadow(defense, config.attack, run.target_path, seed=config.seed, data_root=config.data.resolved_root(),
-                        image_size=config.data.image_size, device=run.device, batch_size=config.evaluate.batch_size,
-                        context=shadow_context)
-            if isinstance(defense, PoisoningConfig) and defense.shadow is None else defense
-            for defense in config.target.defenses]
+    def resolved(defense):
+        if isinstance(defense, PoisoningConfig) and defense.shadow is None:
+            return with_shadow(defense, config.attack, run.target_path, seed=config.seed,
+                               data_root=config.data.resolved_root(), image_size=config.data.image_size,
+                               device=run.device, batch_size=config.evaluate.batch_size, context=shadow_context)
+        if isinstance(defense, ACCOUNT_AWARE) and defense.center == PRETRAINING:
+            return with_center(defense, run.target_path, data_root=config.data.resolved_root(),
+                               image_size=config.data.image_size, device=run.device,
+                               batch_size=config.evaluate.batch_size)
+        return defense
+
+    return [resolved(defense) for defense in config.target.defenses]
 
 
 def _load_target(run: Run) -> tuple[LocalTarget, dict, list]:
-    """The target with its defenses, in this process (what TA is measured on, and the local attack's victim),
-    its checkpoint's sidecar and the defenses' configs as applied."""
+    """The target with its stateless defenses, in this process (what TA is measured on), its checkpoint's
+    sidecar and all the defenses' configs as applied. Account-aware defenses answer accounts: TA is the
+    provider's own view without them, and what they cost customers is measured by evaluate.customers."""
     encoder, meta = _target_encoder(run)
     size = run.config.data.image_size
     configs = defense_configs(run)
-    defenses = [build_defense(config, run.device, size) for config in configs]
+    defenses = [build_defense(config, run.device, size) for config in configs if not isinstance(config, ACCOUNT_AWARE)]
     return LocalTarget(encoder, image_size=size, device=run.device, batch_size=run.config.evaluate.batch_size,
                        defenses=defenses), meta, configs
+
+
+def attacker_accounts(count: int) -> list[str]:
+    """The names of the attacker's accounts: attacker, attacker-2, ..."""
+    return ["attacker"] + [f"attacker-{index}" for index in range(2, count + 1)]
+
+
+def simulated_accounts_path(run: Run) -> Path:
+    """Where an in-process run keeps its simulated accounts: beside its query cache, whose answers they made
+    (runs sharing the cache share the query stream, hence the accounts)."""
+    cache = run.config.target.query_cache or run.dir / "queries.sqlite"
+    return cache.with_name(cache.stem + ".accounts.json")
+
+
+def _local_attack_target(run: Run) -> tuple[Target, str, SimulatedAccounts]:
+    """The in-process victim of the attack: one target per attacker account (sybils in turn), the defenses'
+    per-account states in simulated accounts; and its identity for the query cache."""
+    config = run.config
+    encoder, _ = _target_encoder(run)
+    size = config.data.image_size
+    configs = defense_configs(run)
+    accounts = SimulatedAccounts(simulated_accounts_path(run))
+    targets = [LocalTarget(encoder, image_size=size, device=run.device, batch_size=config.target.query_batch_size,
+                           defenses=[build_defense(c, run.device, size) for c in configs], account=name,
+                           accounts=accounts)
+               for name in attacker_accounts(config.target.accounts)]
+    target: Target = targets[0] if len(targets) == 1 else SybilTarget(targets)
+    suffix = "" if config.target.accounts == 1 else f"|accounts={config.target.accounts}"
+    return target, f"local:{file_digest(run.target_path)}|{identity(configs)}{suffix}", accounts
 
 
 @contextmanager
@@ -179,8 +219,8 @@ def _victim(run: Run) -> Iterator[tuple[Target, str, Callable[[], float | None]]
     config = run.config
     kind = config.target.kind
     if kind == "local":
-        target, _, defenses = _load_target(run)
-        yield target, f"local:{file_digest(run.target_path)}|{identity(defenses)}", lambda: None
+        target, target_id, _ = _local_attack_target(run)
+        yield target, target_id, lambda: None
         return
     if kind == "http":
         url, key = config.target.url, config.target.resolved_api_key() or ""
@@ -216,7 +256,8 @@ def steal(run: Run) -> Path:
     target_meta = {} if remote_only else _target_encoder(run)[1]
     recipe = {"attack": config.attack.model_dump(mode="json"), "surrogate": config.surrogate.model_dump(mode="json"),
               "target": {"kind": config.target.kind, "checkpoint": None if remote_only else file_digest(run.target_path),
-                         "url": config.target.url, "defenses": identity(config.target.defenses)},
+                         "url": config.target.url, "defenses": identity(config.target.defenses),
+                         **({"accounts": config.target.accounts} if config.target.accounts != 1 else {})},
               "seed": config.seed}
     if reusable(run.stolen_path, recipe, "stolen encoder"):
         return run.stolen_path
@@ -239,6 +280,7 @@ def steal(run: Run) -> Path:
                                              labels=labels)
         seconds = ctx.seconds()  # a killed run's seconds count too
         cost = spent()
+    accounts = attacker_figures(run)
     save_encoder(stolen, run.stolen_path, {
         "role": "stolen",
         "recipe": recipe,
@@ -250,11 +292,44 @@ def steal(run: Run) -> Path:
         "cost": cost,
         "wall_seconds": seconds,
         "processes": run.dist.world,
+        **({"accounts": accounts} if accounts else {}),
         **provenance(),
     })
     cache.close()
     barrier(run.dist)
     return run.stolen_path
+
+
+def attacker_figures(run: Run) -> list[dict]:
+    """Per attacker account, what the provider's account-aware defenses hold: images, proof-of-work CPU seconds
+    and the latest figures of every defense (coverage, σ, statistics, flag). Empty without such defenses."""
+    config = run.config
+    if not any(isinstance(d, ACCOUNT_AWARE) for d in config.target.defenses) or config.target.kind != "local":
+        return []
+    accounts = SimulatedAccounts(simulated_accounts_path(run))
+    return [{"account": name, "images": accounts.account(name).images, "pow_seconds": accounts.account(name).pow_seconds,
+             "pow_hashes": accounts.account(name).pow_hashes, "figures": accounts.figures(name)}
+            for name in attacker_accounts(config.target.accounts)]
+
+
+def customers(run: Run, configs: list) -> list[dict]:
+    """evaluate.customers, each through its own account of the defended target (in-process, all defenses)."""
+    config = run.config
+    if not config.evaluate.customers:
+        return []
+    encoder, _ = _target_encoder(run)
+    size, batch = config.data.image_size, config.target.query_batch_size
+    built = [build_defense(c, run.device, size) for c in configs]
+    accounts = SimulatedAccounts()
+
+    def defended(account: str) -> LocalTarget:
+        return LocalTarget(encoder, image_size=size, device=run.device, batch_size=batch, defenses=built,
+                           account=account, accounts=accounts)
+
+    undefended = LocalTarget(encoder, image_size=size, device=run.device, batch_size=config.evaluate.batch_size)
+    return [serve_customer(customer, defended, undefended, config.evaluate.probe, root=config.data.resolved_root(),
+                           image_size=size, seed=config.seed + 11, device=run.device).as_dict()
+            for customer in config.evaluate.customers]
 
 
 def _downstream_split(name: str, split: str, limit: int | None, seed: int, run: Run, exclude: list[int] = ()):
@@ -296,7 +371,8 @@ def evaluate(run: Run) -> dict:
                                      f"{seed}:torch-{torch.__version__}"
                   for index, seed in enumerate(random_seeds)}
     if target is not None:
-        identities["target"] = f"target:{file_digest(run.target_path)}:{identity(defenses)}"
+        stateless = [d for d in defenses if not isinstance(d, ACCOUNT_AWARE)]  # what TA is measured with
+        identities["target"] = f"target:{file_digest(run.target_path)}:{identity(stateless)}"
     probe_cache = ProbeCache(config.evaluate.probe_cache) if config.evaluate.probe_cache is not None else None
     started = time.perf_counter()
     downstream = {}
@@ -326,9 +402,12 @@ def evaluate(run: Run) -> dict:
             "mlp-" + "-".join(map(str, (task.probe or config.evaluate.probe).hidden))
     if probe_cache is not None:
         probe_cache.close()
+    served_customers = customers(run, defenses) if target is not None else []
     results = {
         "name": config.name,
         "downstream": downstream,
+        **({"customers": served_customers} if served_customers else {}),
+        **({"attacker_accounts": stolen_meta["accounts"]} if stolen_meta.get("accounts") else {}),
         "queries": stolen_meta["queries"],
         "queries_this_run": stolen_meta["queries_this_run"],
         "cost": stolen_meta.get("cost"),

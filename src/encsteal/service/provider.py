@@ -1,5 +1,6 @@
-"""What the provider does for an experiment, beside serving: its poisoning defense's shadow encoder, and its
-embedding API started with an account for the attacker.
+"""What the provider does for an experiment, beside serving: its poisoning defense's shadow encoder, the mean
+feature its coverage-measuring defenses hash around, and its embedding API started with accounts for the
+attacker.
 
 The shadow stolen encoder of StolenEncoder §VII-C is the provider's own copy of its target, stolen with the
 attacker's settings (the poisoning defense's distance, λ and augmentations) from the provider's pre-training
@@ -22,6 +23,7 @@ from encsteal.attacks import ATTACKS
 from encsteal.checkpoint import file_digest, load_encoder, provenance, reusable, save_encoder
 from encsteal.config import AttackConfig
 from encsteal.data.surrogate import draw, pretraining_images
+from encsteal.defenses.coverage import PRETRAINING, CoverageSettings, feature_mean
 from encsteal.defenses.poisoning import PoisoningConfig
 from encsteal.service.ledger import Ledger
 from encsteal.service.server import ServeSettings, ServerProcess
@@ -60,6 +62,35 @@ def with_shadow(poisoning: PoisoningConfig, attack: AttackConfig, target_path: P
         shadow = ATTACKS["stolenencoder"](target, images, shadow_attack(poisoning, attack), context(path.stem, recipe))
         save_encoder(shadow, path, {"role": "shadow", "recipe": recipe, "image_size": image_size, **provenance()})
     return poisoning.model_copy(update={"shadow": path})
+
+
+CENTER_IMAGES = 5000
+"""Pre-training images the mean feature is computed over."""
+
+
+def with_center(config: CoverageSettings, target_path: Path, *, data_root: Path, image_size: int,
+                device: torch.device, batch_size: int) -> CoverageSettings:
+    """`config` with `center: pretraining` replaced by the file of the target's mean feature over (up to 5,000 of)
+    its pre-training images, kept beside the target (computed once, then reused)."""
+    if config.center != PRETRAINING:
+        return config
+    path = target_path.parent / f"feature-mean-{file_digest(target_path)[:12]}.npy"
+    if not path.exists():
+        import numpy as np
+
+        encoder, meta = load_encoder(target_path, device)
+        data = meta.get("pretraining_data")
+        if data is None:
+            raise ValueError(f"{target_path} does not record its pre-training data: give the defense's center as a "
+                             ".npy file of the mean feature vector")
+        images = pretraining_images(data["dataset"], data["split"], data.get("limit"), data["seed"], root=data_root,
+                                    image_size=image_size)
+        images = images[draw(min(CENTER_IMAGES, len(images)), len(images), data["seed"] + 7)]
+        target = LocalTarget(encoder, image_size=image_size, device=device, batch_size=batch_size)
+        temporary = path.with_suffix(".tmp.npy")
+        np.save(temporary, feature_mean(target.embed, images, batch_size))
+        os.replace(temporary, path)
+    return config.model_copy(update={"center": path})
 
 
 def write_private(path: Path, text: str) -> None:
