@@ -1,4 +1,4 @@
-"""encsteal's command line: `encsteal demo | run | pretrain | steal | evaluate | sweep | report | tables | serve | accounts | presets | config`.
+"""encsteal's command line: `encsteal demo | run | pretrain | steal | evaluate | sweep | traffic | report | tables | serve | accounts | presets | config`.
 
 Every command takes a preset (a YAML file or a shipped name such as `demo` or `fmnist-bench/target`) and
 `key=value` overrides, e.g. `encsteal run demo attack.epochs=20 surrogate.size=2%`.
@@ -297,6 +297,17 @@ def sweep(
         return run_sweep(grid, progress=False, echo=console.print, executor=jobs)
 
     console.print(markdown_table(_guard(start)))
+
+
+@app.command()
+def traffic(
+    spec: Annotated[Path, typer.Argument(help="A traffic file: target, customers, attacker streams, deployments.")],
+) -> None:
+    """Mixed traffic (customers and attackers' query streams) against defended deployments: what each account
+    pays and keeps, and the detection ROC; writes accounts.csv, report.md and roc.png."""
+    from encsteal.experiments.traffic import run_traffic
+
+    console.print(f"report: {_guard(lambda: run_traffic(spec, echo=console.print))}")
 
 
 @app.command()
