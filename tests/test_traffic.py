@@ -58,3 +58,36 @@ def test_a_bad_traffic_file_is_one_sentence(tmp_path):
     path.write_text("target: x\ncustomers: []\nattackers: []\ndeployments: {}\nextra: 1\n")
     result = subprocess.run([sys.executable, "-m", "encsteal", "traffic", str(path)], capture_output=True, text=True)
     assert result.returncode == 2 and "extra" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_defense_report_joins_the_stealing_sweep_and_the_traffic(tmp_path, checkpoint, one_thread):
+    from encsteal.experiments.defense_scores import write_defense_report
+    from encsteal.experiments.doc_tables import regenerate
+    from encsteal.experiments.sweep import run_sweep
+
+    from conftest import tiny_tree
+
+    base = tiny_tree(target={"query_batch_size": 16})
+    base["evaluate"] = {**base["evaluate"], "customers": [{"name": "fmnist-600", "dataset": "digits", "size": 30,
+                                                           "folds": 2}]}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    b4b = [{"name": "b4b", "beta": 3, "bits": 6, "projections": 4}]
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"base": str(tmp_path / "base.yaml"), "runs_dir": str(tmp_path / "runs"),
+                                     "cases": {"none": {}, "b4b": {"target.defenses": b4b},
+                                               "b4b-sybils": {"target.defenses": b4b, "target.accounts": 4}}},
+                                    sort_keys=False))
+    run_sweep(sweep, progress=False, echo=lambda *_: None)
+    traffic = tmp_path / "traffic.yaml"
+    traffic.write_text(yaml.safe_dump(spec(tmp_path, checkpoint)))
+    run_traffic(traffic, echo=lambda *_: None)
+    report = write_defense_report(sweep, traffic, tmp_path / "report")
+    runs = list(csv.DictReader((tmp_path / "report" / "results.csv").open()))
+    assert [r["run"] for r in runs] == ["none", "b4b", "b4b-sybils"]
+    assert [r["accounts"] for r in runs] == ["1", "1", "4"] and runs[1]["attacker_coverage"] and "loss_fmnist-600" in runs[0]
+    goals = {r["goal"]: r for r in csv.DictReader((tmp_path / "report" / "goals.csv").open())}
+    assert "customers lose <= 1 point" in goals and goals["customers lose <= 1 point"]["met"] in ("yes", "no")
+    assert any(goal.startswith("detection") for goal in goals) and any("proof-of-work" in goal for goal in goals)
+    text = report.read_text()
+    assert regenerate(text, report.parent) == text  # its tables are those of its CSV files
+    assert "| b4b-sybils |" in text and "crops-sybils" in text

@@ -310,6 +310,19 @@ def traffic(
     console.print(f"report: {_guard(lambda: run_traffic(spec, echo=console.print))}")
 
 
+@app.command("defense-report")
+def defense_report(
+    sweep_file: Annotated[Path, typer.Argument(help="The stealing sweep (its runs finished, or some of them).")],
+    traffic_file: Annotated[Path, typer.Argument(help="The traffic file (run with `encsteal traffic`).")],
+    out: Annotated[Path, typer.Option(help="Where to write the report and its CSV files.")],
+) -> None:
+    """The account-aware defenses scored on both sides: the attacker's G and the customers' loss per run, the
+    detection ROC and proof-of-work prices of the traffic, each goal met or not."""
+    from encsteal.experiments.defense_scores import write_defense_report
+
+    console.print(f"report: {_guard(lambda: write_defense_report(sweep_file, traffic_file, out))}")
+
+
 @app.command()
 def report(
     grid: Annotated[Path, typer.Argument(help="A sweep file whose runs have (partly) finished.")],

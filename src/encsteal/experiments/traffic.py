@@ -16,12 +16,14 @@ and the proof-of-work price per image of attackers against customers.
     deployments: {b4b: [{name: b4b, beta: 9, center: pretraining}], pow: [...], detection: [...]}
     out: runs/active-defenses/traffic
 
-Writes `<out>/accounts.csv` (one row per deployment and account), `report.md` and `roc.png`.
+Writes `<out>/accounts.csv` (one row per deployment and account), `report.md`, `roc.png` and `traffic.json`
+(its wall time); `encsteal defense-report` puts them beside a stealing sweep's runs.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import platform
@@ -161,6 +163,7 @@ def write_outputs(spec: TrafficSpec, rows: list[dict], out: Path, wall_seconds: 
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
+    (out / "traffic.json").write_text(json.dumps({"wall_seconds": wall_seconds}) + "\n")
     with (out / "accounts.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
