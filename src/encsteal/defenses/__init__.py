@@ -168,7 +168,11 @@ class DefendedEncoder(torch.nn.Module):
 
     def respond(self, images: torch.Tensor, account: str, states) -> Response:
         """The features for `account`, whose defense states (slot -> bytes) are given, and its new states."""
-        return respond(self.defenses, images, self.encoder(images).float(), account, states)
+        return self.respond_to(images, self.encoder(images).float(), account, states)
+
+    def respond_to(self, images: torch.Tensor, features: torch.Tensor, account: str, states) -> Response:
+        """As `respond`, from the encoder's features of `images` computed before."""
+        return respond(self.defenses, images, features, account, states)
 
 
 __all__ = ["ACCOUNT_AWARE", "DEFENSES", "AccountAware", "DefendedEncoder", "SimulatedAccounts", "is_account_aware", "Defense", "DefenseConfig", "build_defense", "describe", "identity", "parse_defense",
