@@ -166,7 +166,9 @@ class AccountFigures:
 
     @property
     def coverage(self) -> float | None:
-        return max((f["coverage"] for f in self.latest.values() if f.get("coverage") is not None), default=None)
+        """The coverage of the first defense (in the served order) that measures one: the defenses after it see
+        features it may have changed."""
+        return next((f["coverage"] for f in self.latest.values() if f.get("coverage") is not None), None)
 
     @property
     def flagged(self) -> bool:
@@ -177,7 +179,8 @@ def figures_of(connection: Connection, account_ids: list[int] | None = None) -> 
     """Per account, its defenses' latest figures and the time of its first flag."""
     newest = (select(defense_events.c.account_id, defense_events.c.slot, func.max(defense_events.c.id).label("id"))
               .group_by(defense_events.c.account_id, defense_events.c.slot).subquery())
-    query = select(defense_events).join(newest, defense_events.c.id == newest.c.id)
+    # by id: a request writes its slots' rows in the order the defenses run, so `latest` keeps that order
+    query = select(defense_events).join(newest, defense_events.c.id == newest.c.id).order_by(defense_events.c.id)
     if account_ids is not None:
         query = query.where(defense_events.c.account_id.in_(account_ids))
     out: dict[int, AccountFigures] = {}

@@ -126,17 +126,18 @@ def render(accounts: list[ConsoleAccount], *, model: str, defenses: str, now: fl
             f'<td class="{status}">{status}</td><td>{_when(account.flagged_at)}</td></tr>')
     coverage_series, marks, flag_rows = {}, {}, []
     for account in accounts:
-        slot = _first_slot(account.history, "coverage")
-        if slot is not None:
-            coverage_series[account.name] = _cumulative(account.history, slot, "coverage")
-        images = 0
+        slot = _first_slot(account.history, "coverage")  # the first defense that measures it, as in the table
+        if slot is None:
+            continue
+        coverage_series[account.name] = _cumulative(account.history, slot, "coverage")
+        images, coverage = 0, 0.0
         for row in account.history:
             if row["slot"] == slot:
-                images += row["images"]
-            if row.get("flagged") and account.name not in marks and row.get("coverage") is not None:
-                marks[account.name] = (float(images), float(row["coverage"]))
+                images, coverage = images + row["images"], row["coverage"]
+            if row.get("flagged") and account.name not in marks:
+                marks[account.name] = (float(images), float(coverage))
                 flag_rows.append(f"<tr><td>{_e(account.name)}</td><td>{_when(row['created'])}</td><td>{_e(row['slot'])}"
-                                 f"</td><td>{images}</td><td>{_number(row.get('coverage'))}</td>"
+                                 f"</td><td>{images}</td><td>{_number(coverage)}</td>"
                                  f"<td>{_number(row.get('prada_w'), 3)}</td></tr>")
     work_series = {a.name: _cumulative(a.history, _first_slot(a.history, "hashes_per_image") or "", "hashes_per_image")
                    for a in accounts if _first_slot(a.history, "hashes_per_image")}
