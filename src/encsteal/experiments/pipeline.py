@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -36,6 +36,7 @@ from encsteal.models import build_encoder
 from encsteal.pretrain import PRETRAINERS
 from encsteal.query_cache import CachedTarget, QueryCache
 from encsteal.service.client import HttpTarget
+from encsteal.service.ledger import Ledger
 from encsteal.service.provider import served, with_center, with_shadow
 from encsteal.service.server import ServeSettings
 from encsteal.target import LocalTarget, SybilTarget, Target
@@ -56,6 +57,8 @@ class Run:
     progress: bool
     dist: Dist = SINGLE
     """Under torchrun, this process's rank: every rank trains, rank 0 alone queries, writes and evaluates."""
+    served_accounts: list[dict] = field(default_factory=list)
+    """After a served steal: what the provider's database holds of the attacker's accounts."""
 
     @classmethod
     def open(cls, config: Config, progress: bool = True) -> Run:
@@ -224,23 +227,40 @@ def _victim(run: Run) -> Iterator[tuple[Target, str, Callable[[], float | None]]
         return
     if kind == "http":
         url, key = config.target.url, config.target.resolved_api_key() or ""
-        with _client(url, key, config.target.query_batch_size) as victim:
+        with _clients(url, [key], config.target.query_batch_size) as victim:
             yield victim
         return
-    # served: the provider's API in a child process, with an account for this run
+    # served: the provider's API in a child process, with the attacker's accounts for this run
     settings = ServeSettings(checkpoint=run.target_path, db=str(run.dir / "service.sqlite"), defenses=defense_configs(run))
-    with served(settings, run.dir / "api_key", config.target.price) as (url, key):
-        with _client(url, key, config.target.query_batch_size) as victim:
+    names = attacker_accounts(config.target.accounts)
+    with served(settings, run.dir / "api_key", config.target.price, names) as (url, keys):
+        with _clients(url, keys, config.target.query_batch_size) as victim:
             yield victim
+            target = victim[0]
+            clients = target.targets if isinstance(target, SybilTarget) else [target]
+            run.served_accounts = served_figures(run, settings.db, names, clients)
+
+
+def served_figures(run: Run, db: str, names: list[str], clients: list[HttpTarget]) -> list[dict]:
+    """What the provider's database holds of the attacker's accounts, and what this run's clients paid in
+    proof-of-work (empty without account-aware defenses)."""
+    if not any(isinstance(d, ACCOUNT_AWARE) for d in run.config.target.defenses):
+        return []
+    figures = Ledger(db).defense_figures()
+    return [{"account": name, "images": client.queries, "pow_seconds": client.pow_seconds,
+             "pow_hashes": client.pow_hashes, "figures": figures[name].latest if name in figures else {}}
+            for name, client in zip(names, clients)]
 
 
 @contextmanager
-def _client(url: str, key: str, batch_size: int) -> Iterator[tuple[Target, str, Callable[[], float | None]]]:
-    client = HttpTarget(url, key, batch_size=batch_size)
+def _clients(url: str, keys: list[str], batch_size: int) -> Iterator[tuple[Target, str, Callable[[], float | None]]]:
+    clients = [HttpTarget(url, key, batch_size=batch_size) for key in keys]
+    target: Target = clients[0] if len(clients) == 1 else SybilTarget(clients)
     try:
-        yield client, f"http:{client.model_id}", lambda: client.usage()["spent"]
+        yield target, f"http:{clients[0].model_id}", lambda: sum(client.usage()["spent"] for client in clients)
     finally:
-        client.close()
+        for client in clients:
+            client.close()
 
 
 def _surrogate_labels(record: dict, run: Run) -> torch.Tensor | None:
@@ -280,7 +300,7 @@ def steal(run: Run) -> Path:
                                              labels=labels)
         seconds = ctx.seconds()  # a killed run's seconds count too
         cost = spent()
-    accounts = attacker_figures(run)
+    accounts = attacker_figures(run) if config.target.kind == "local" else run.served_accounts
     save_encoder(stolen, run.stolen_path, {
         "role": "stolen",
         "recipe": recipe,

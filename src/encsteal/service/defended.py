@@ -55,8 +55,6 @@ class AccountDefenses:
         self.active = encoder.account_aware
         self.pow = [(d, s) for d, s in zip(encoder.defenses, self.slots) if isinstance(d, ProofOfWork)]
         self.detections = [(d, s) for d, s in zip(encoder.defenses, self.slots) if isinstance(d, Detection)]
-        if self.active:
-            account_states.metadata.create_all(engine)
 
     @property
     def needs_pow(self) -> bool:

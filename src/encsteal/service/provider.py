@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -102,10 +102,16 @@ def write_private(path: Path, text: str) -> None:
 
 
 @contextmanager
-def served(settings: ServeSettings, key_file: Path, price: float) -> Iterator[tuple[str, str]]:
-    """The provider's API in a child process on 127.0.0.1; yields (its URL, an API key). The key is of an account
-    `attacker` opened at `price` per query on the first call and kept in `key_file` (mode 0600) for the next."""
-    if not key_file.exists():
-        write_private(key_file, Ledger(settings.db).create_account("attacker", price=price) + "\n")
+def served(settings: ServeSettings, key_file: Path, price: float,
+           accounts: Sequence[str] = ("attacker",)) -> Iterator[tuple[str, list[str]]]:
+    """The provider's API in a child process on 127.0.0.1; yields (its URL, an API key per account). Each key is of
+    an account (`attacker`, or the sybils' names given) opened at `price` per query on the first call and kept
+    in `key_file` (mode 0600; `key_file-NAME` for the accounts after the first) for the next."""
+    keys = []
+    for index, name in enumerate(accounts):
+        path = key_file if index == 0 else key_file.with_name(f"{key_file.name}-{name}")
+        if not path.exists():
+            write_private(path, Ledger(settings.db).create_account(name, price=price) + "\n")
+        keys.append(path.read_text().strip())
     with ServerProcess(settings) as server:
-        yield server.url, key_file.read_text().strip()
+        yield server.url, keys
