@@ -19,16 +19,16 @@ DEFENSES = [{"name": "b4b", "beta": 2.0, "bits": 6, "projections": 4, "pad": 3, 
             {"name": "detection", "coverage_threshold": 5.0, "bits": 6, "projections": 4}]
 
 
-def config(tmp_path, accounts: int):
+def config(tmp_path, accounts: int, kind: str = "local"):
     tree = tiny_tree(run_dir=str(tmp_path / f"run-{accounts}"),
-                     target={"query_batch_size": 16, "accounts": accounts, "defenses": DEFENSES})
+                     target={"query_batch_size": 16, "accounts": accounts, "defenses": DEFENSES, "kind": kind})
     tree["evaluate"] = {**tree["evaluate"], "customers": CUSTOMERS}
     return config_from_dict(tree)
 
 
-@pytest.mark.parametrize("accounts", [1, 3])
-def test_a_defended_run_reports_both_sides(tmp_path, accounts, one_thread):
-    results = run_all(config(tmp_path, accounts), progress=False)
+@pytest.mark.parametrize("accounts, kind", [(1, "local"), (3, "local"), (3, "served")])
+def test_a_defended_run_reports_both_sides(tmp_path, accounts, kind, one_thread):
+    results = run_all(config(tmp_path, accounts, kind), progress=False)
     attackers = results["attacker_accounts"]
     assert [a["account"] for a in attackers] == ["attacker", "attacker-2", "attacker-3"][:accounts]
     assert sum(a["images"] for a in attackers) == 48

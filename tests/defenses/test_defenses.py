@@ -126,7 +126,9 @@ def test_served_defenses_answer_like_the_local_ones(name, shadow, tmp_path, one_
     with ServerProcess(settings) as server:
         remote = HttpTarget(server.url, key, batch_size=5).embed(images)
     encoder, _ = load_encoder(checkpoint)
-    local = LocalTarget(encoder, image_size=32, device=CPU, defenses=[build_defense(config, CPU, 32)]).embed(images)
+    # the same account asking in the same requests: account-aware defenses answer alike in-process
+    local = LocalTarget(encoder, image_size=32, device=CPU, batch_size=5, defenses=[build_defense(config, CPU, 32)],
+                        account="researcher").embed(images)
     torch.testing.assert_close(remote, local, rtol=1e-4, atol=1e-4)
 
 
