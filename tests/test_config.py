@@ -107,6 +107,14 @@ def test_surrogate_scenario_source_rules():
         config_from_dict({"surrogate": {"scenario": "subset", "dataset": "digits"}})
 
 
+def test_target_wire_rules():
+    with pytest.raises(ConfigError, match="a local target has no wire"):
+        config_from_dict({"target": {"kind": "local", "wire": "openai"}})
+    with pytest.raises(ConfigError, match="proof-of-work defense needs the native wire"):
+        config_from_dict({"target": {"kind": "served", "wire": "openai", "defenses": [{"name": "pow"}]}})
+    config_from_dict({"target": {"kind": "served", "wire": "native", "defenses": [{"name": "pow"}]}})
+
+
 @pytest.mark.parametrize(
     "override, key",
     [

@@ -1,4 +1,4 @@
-"""encsteal's command line: `encsteal demo | run | pretrain | steal | evaluate | sweep | report | tables | serve | accounts | presets | config`.
+"""encsteal's command line: `encsteal demo | run | pretrain | steal | evaluate | sweep | traffic | report | tables | serve | accounts | presets | config`.
 
 Every command takes a preset (a YAML file or a shipped name such as `demo` or `fmnist-bench/target`) and
 `key=value` overrides, e.g. `encsteal run demo attack.epochs=20 surrogate.size=2%`.
@@ -7,6 +7,7 @@ Every command takes a preset (a YAML file or a shipped name such as `demo` or `f
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -155,7 +156,8 @@ def serve(
     threads: Annotated[Optional[int], typer.Option(min=1, help="Torch threads per worker (default: torch's).")] = None,
     defense: Annotated[Optional[list[str]], typer.Option(
         help="A defense NAME:key=value,... applied in the order given; repeat for several "
-             "(top-k:k=10, rounding:decimals=2, noise:sigma=0.1, poisoning:epsilon=1,norm=2,shadow=PATH).")] = None,
+             "(top-k:k=10, rounding:decimals=2, noise:sigma=0.1, poisoning:epsilon=1,norm=2,shadow=PATH; "
+             "per account: b4b:beta=9,center=pretraining, pow:base=200, detection:policy=refuse).")] = None,
     max_batch: Annotated[int, typer.Option(min=1, help="Most images per request.")] = 512,
     max_image_pixels: Annotated[int, typer.Option(min=1, help="Most pixels (width x height) of one image.")] = 4096 * 4096,
     max_request_pixels: Annotated[int, typer.Option(min=1, help="Most pixels of all the images of one request.")] = 4096 * 4096,
@@ -167,25 +169,46 @@ def serve(
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
 ) -> None:
     """Serve an encoder as an embedding API (POST /v1/embeddings, also in OpenAI's shape; POST /v2/embed in
-    Cohere's; docs at /docs), billed per image."""
+    Cohere's; docs at /docs), billed per image. The provider's console is at /admin: its token is read from
+    $ENCSTEAL_ADMIN_TOKEN, or drawn and printed here."""
 
     def start() -> None:
-        from encsteal.defenses import parse_defense
+        import hashlib
+        import os
+        import secrets
+
+        import torch
+
+        from encsteal.checkpoint import read_sidecar
+        from encsteal.config import DataConfig
+        from encsteal.defenses import ACCOUNT_AWARE, parse_defense
+        from encsteal.defenses.coverage import PRETRAINING
         from encsteal.service.app import create_app
         from encsteal.service.ledger import masked_url
+        from encsteal.service.provider import with_center
         from encsteal.service.server import ServeSettings, serve as run_server
 
         try:
             defenses = [parse_defense(spec) for spec in defense or []]
         except ValueError as exc:
             raise ConfigError(f"--defense: {exc}") from None
+        if any(isinstance(d, ACCOUNT_AWARE) and d.center == PRETRAINING for d in defenses):
+            image_size = read_sidecar(checkpoint).get("image_size", 32)
+            defenses = [with_center(d, checkpoint, data_root=DataConfig().resolved_root(), image_size=image_size,
+                                    device=torch.device(device), batch_size=512)
+                        if isinstance(d, ACCOUNT_AWARE) else d for d in defenses]
+        token = os.environ.get(ADMIN_TOKEN_ENV) or secrets.token_urlsafe(24)
         settings = ServeSettings(checkpoint=checkpoint, db=db, defenses=defenses, device=device, threads=threads,
                                  max_batch=max_batch, max_image_pixels=max_image_pixels,
                                  max_request_pixels=max_request_pixels, replay_ttl=_duration(replay_ttl),
                                  replay_max_bytes=int(replay_max_mb * 2**20), description=description,
-                                 model_name=model_name)
+                                 model_name=model_name,
+                                 admin_token_hash=hashlib.sha256(token.encode()).hexdigest())
         built = create_app(settings)  # loads the checkpoint and opens the database: any problem shows here
         errors.print(f"serving {checkpoint} on http://{host}:{port} (docs at /docs), accounts in {masked_url(db)}")
+        if ADMIN_TOKEN_ENV not in os.environ:
+            errors.print(f"console: http://{host}:{port}/admin, admin token (set ${ADMIN_TOKEN_ENV} to choose it):")
+            print(token, flush=True)
         run_server(settings, host=host, port=port, workers=workers, log_level="info", app=built)
 
     _guard(start)
@@ -212,17 +235,30 @@ def accounts_create(
     print(key)
 
 
-def _usage_table(rows) -> Table:
+ADMIN_TOKEN_ENV = "ENCSTEAL_ADMIN_TOKEN"
+
+
+def _usage_table(rows, figures: dict) -> Table:
+    """Usage per account, with what the account-aware defenses show of it (coverage, flag)."""
     from encsteal.service.ledger import format_money
 
     table = Table()
-    for column in ("account", "queries", "quota", "left", "requests", "price", "spent", "status"):
+    columns = ["account", "queries", "quota", "left", "requests", "price", "spent", "coverage %", "status"]
+    if not figures:  # no account-aware defense has answered anyone: the usage alone
+        columns.remove("coverage %")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("account", "status") else "right")
     for row in rows:
+        shown = figures.get(row.name)
+        coverage = "–" if shown is None or shown.coverage is None else f"{shown.coverage:.2f}"
+        status = "disabled" if row.disabled else "active"
+        if shown is not None and shown.flagged:
+            status += ", flagged" + ("" if shown.flagged_at is None else
+                                     f" {time.strftime('%Y-%m-%d %H:%M', time.localtime(shown.flagged_at))}")
         table.add_row(row.name, str(row.used), "∞" if row.quota is None else str(row.quota),
                       "∞" if row.remaining is None else str(row.remaining), str(row.requests),
                       format_money(row.price_micros), format_money(row.spent_micros),
-                      "disabled" if row.disabled else "active")
+                      *([coverage] if figures else []), status)
     return table
 
 
@@ -231,7 +267,8 @@ def accounts_list(db: Db = "eaas.sqlite") -> None:
     """Every account with its usage (money exact, in the provider's currency)."""
     from encsteal.service.ledger import Ledger
 
-    console.print(_usage_table(_guard(lambda: Ledger(db).usage())))
+    ledger = _guard(lambda: Ledger(db))
+    console.print(_usage_table(_guard(ledger.usage), ledger.defense_figures()))
 
 
 @accounts.command("usage")
@@ -239,7 +276,8 @@ def accounts_usage(name: str, db: Db = "eaas.sqlite") -> None:
     """One account's queries, requests and spending, from the ledger."""
     from encsteal.service.ledger import Ledger
 
-    console.print(_usage_table(_guard(lambda: Ledger(db).usage(name))))
+    ledger = _guard(lambda: Ledger(db))
+    console.print(_usage_table(_guard(lambda: ledger.usage(name)), ledger.defense_figures()))
 
 
 @accounts.command("disable")
@@ -302,6 +340,30 @@ def sweep(
         return run_sweep(grid, progress=False, echo=console.print, executor=jobs)
 
     console.print(markdown_table(_guard(start)))
+
+
+@app.command()
+def traffic(
+    spec: Annotated[Path, typer.Argument(help="A traffic file: target, customers, attacker streams, deployments.")],
+) -> None:
+    """Mixed traffic (customers and attackers' query streams) against defended deployments: what each account
+    pays and keeps, and the detection ROC; writes accounts.csv, report.md and roc.png."""
+    from encsteal.experiments.traffic import run_traffic
+
+    console.print(f"report: {_guard(lambda: run_traffic(spec, echo=console.print))}")
+
+
+@app.command("defense-report")
+def defense_report(
+    sweep_file: Annotated[Path, typer.Argument(help="The stealing sweep (its runs finished, or some of them).")],
+    traffic_file: Annotated[Path, typer.Argument(help="The traffic file (run with `encsteal traffic`).")],
+    out: Annotated[Path, typer.Option(help="Where to write the report and its CSV files.")],
+) -> None:
+    """The account-aware defenses scored on both sides: the attacker's G and the customers' loss per run, the
+    detection ROC and proof-of-work prices of the traffic, each goal met or not."""
+    from encsteal.experiments.defense_scores import write_defense_report
+
+    console.print(f"report: {_guard(lambda: write_defense_report(sweep_file, traffic_file, out))}")
 
 
 @app.command()

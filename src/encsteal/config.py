@@ -199,11 +199,16 @@ class TargetConfig(Section):
     extra_body: dict[str, Any] = {}
     """Fields added to every request of the openai, cohere and clarifai wires (e.g. {modality: image} for
     Infinity, or a Clarifai model's output_info)."""
+    accounts: int = Field(1, ge=1)
+    """The attacker's accounts (sybils): its requests go to them in turn. Account-aware defenses (B4B) answer each
+    in its own way; the others answer all alike."""
 
     @model_validator(mode="after")
     def _check_kind(self) -> TargetConfig:
         if self.kind == "http" and not self.url:
             raise ValueError("kind 'http' needs target.url (e.g. http://127.0.0.1:8000)")
+        if self.kind == "http" and self.accounts > 1:
+            raise ValueError("target.accounts > 1 needs kind local or served (kind http has one API key)")
         if self.kind != "http" and (self.url or self.api_key):
             raise ValueError(f"target.url and target.api_key are for kind 'http', not '{self.kind}'")
         if self.kind == "local" and self.wire != "native":
@@ -211,6 +216,9 @@ class TargetConfig(Section):
         if self.kind == "served" and self.wire == "clarifai":
             raise ValueError("encsteal's own server does not speak the clarifai wire: use kind http with a Clarifai "
                              "model URL")
+        if self.wire != "native" and any(defense.name == "pow" for defense in self.defenses):
+            raise ValueError("the proof-of-work defense needs the native wire: other services' clients solve no "
+                             "puzzles (target.wire=native)")
         if self.wire == "native" and (self.model or self.encoding_format or self.extra_body):
             raise ValueError("target.model, target.encoding_format and target.extra_body are for the other wires "
                              "(target.wire), not native")
@@ -348,8 +356,29 @@ class DownstreamConfig(Section):
         return self.name or self.dataset
 
 
+class CustomerConfig(Section):
+    """A legitimate user of the API, as a workload: it embeds its own labelled images once, through its own
+    account, and trains a classifier on what it receives; its utility is that classifier's accuracy (k-fold
+    cross-validated over its images), beside the accuracy it would get from the undefended encoder."""
+
+    name: str
+    dataset: str
+    split: str = "train"
+    size: int | None = Field(None, ge=10)
+    """Images it embeds (a seeded draw); None: all of the split."""
+    classes: list[int] | None = None
+    """Only images of these labels (a customer with a narrow task); None: all."""
+    folds: int = Field(5, ge=2)
+    probe: ProbeConfig | None = None
+    """Its classifier (default: evaluate.probe)."""
+
+    _check_dataset = field_validator("dataset")(_dataset)
+
+
 class EvaluateConfig(Section):
     downstream: list[DownstreamConfig] = [DownstreamConfig(dataset="fashion-mnist")]
+    customers: list[CustomerConfig] = []
+    """Legitimate users of the defended target, each through its own account: what the defenses cost them."""
     probe: ProbeConfig = ProbeConfig()
     batch_size: int = Field(512, ge=1)
     """Images per forward pass when extracting features."""
@@ -365,6 +394,9 @@ class EvaluateConfig(Section):
         twice = sorted({label for label in labels if labels.count(label) > 1})
         if twice:
             raise ValueError(f"downstream tasks need distinct names; give each a name (twice: {', '.join(twice)})")
+        names = [customer.name for customer in self.customers]
+        if len(set(names)) < len(names):
+            raise ValueError("evaluate.customers need distinct names")
         return self
 
 

@@ -7,12 +7,17 @@ the images it embedded in `queries`.
 
 from __future__ import annotations
 
+import hashlib
+import time
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
 
 from encsteal.defenses import DefendedEncoder, Defense
+from encsteal.defenses.accounts import AccountAware, AccountRefused, SimulatedAccounts, slots
+from encsteal.defenses.detection import Detection
+from encsteal.defenses.proof_of_work import ProofOfWork, check, solve
 from encsteal.errors import EncstealError
 from encsteal.models import Encoder
 from encsteal.training import channels_last, to_float_batch
@@ -51,24 +56,78 @@ def check_images(images: torch.Tensor, image_size: int | None = None) -> None:
 
 class LocalTarget:
     """An encoder in this process behind the Target interface, with the provider's defenses (if any) applied
-    to every answer exactly as the served API applies them."""
+    to every answer exactly as the served API applies them.
+
+    With account-aware defenses the target answers one account, `account`, whose state lives in `accounts`
+    (simulated accounts; several targets may share them, as sybil accounts share one provider): each batch of
+    `batch_size` images is one request, its proof-of-work puzzle solved here (`pow_seconds`: CPU seconds) and
+    refused (AccountRefused) once a detection defense with the policy `refuse` has flagged the account."""
 
     def __init__(self, encoder: Encoder, *, image_size: int, device: torch.device, batch_size: int = 256,
-                 defenses: Sequence[Defense] = ()) -> None:
+                 defenses: Sequence[Defense | AccountAware] = (), account: str = "local",
+                 accounts: SimulatedAccounts | None = None) -> None:
         self.encoder = encoder.to(device).to(memory_format=torch.channels_last).eval()
         self.model = DefendedEncoder(self.encoder, defenses)
         self.image_size = image_size
         self.device = device
         self.batch_size = batch_size
-        self.feature_dim = encoder.feature_dim
+        self.feature_dim = self.model.feature_dim
+        self.account = account
+        self.accounts = accounts if accounts is not None else SimulatedAccounts()
         self.queries = 0
+        self.pow_seconds = 0.0
+        """CPU seconds spent solving this target's proof-of-work puzzles."""
+        self.pow_hashes = 0
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         check_images(images, self.image_size)
         with torch.inference_mode():
             features = [
-                self.model(channels_last(to_float_batch(chunk, self.device))).float().cpu()
+                (self._respond(chunk) if self.model.account_aware
+                 else self.model(channels_last(to_float_batch(chunk, self.device)))).float().cpu()
                 for chunk in images.split(self.batch_size)
             ]
         self.queries += len(images)
         return torch.cat(features)
+
+    def _respond(self, chunk: torch.Tensor) -> torch.Tensor:
+        """One request of the account, as the API serves it: refusal, proof of work, features, new states."""
+        account = self.accounts.account(self.account)
+        for defense, slot in zip(self.model.defenses, slots(self.model.defenses)):
+            if isinstance(defense, Detection) and defense.config.policy == "refuse" and \
+                    Detection.flagged(account.states.get(slot)):
+                raise AccountRefused(f"the provider refuses account '{self.account}': flagged as stealing")
+        for defense, slot in zip(self.model.defenses, slots(self.model.defenses)):
+            if isinstance(defense, ProofOfWork):
+                digest = hashlib.sha256(chunk.contiguous().numpy().tobytes()).hexdigest()
+                challenge = defense.challenge(self.account, account.states.get(slot), digest, len(chunk))
+                started = time.process_time()
+                nonce, tries = solve(challenge)
+                seconds = time.process_time() - started
+                check(challenge, nonce, self.account, digest, len(chunk))
+                self.pow_seconds += seconds
+                self.pow_hashes += tries
+                account.pow_seconds += seconds
+                account.pow_hashes += tries
+        response = self.model.respond(channels_last(to_float_batch(chunk, self.device)), self.account, account.states)
+        self.accounts.record(self.account, response, len(chunk))
+        return response.features
+
+
+class SybilTarget:
+    """One attacker behind several accounts: request i (each `embed` call) goes to account i mod k."""
+
+    def __init__(self, targets: Sequence[Target]) -> None:
+        if not targets:
+            raise ValueError("a sybil attacker needs at least one account")
+        self.targets = list(targets)
+        self.requests = 0
+
+    @property
+    def queries(self) -> int:
+        return sum(target.queries for target in self.targets)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        target = self.targets[self.requests % len(self.targets)]
+        self.requests += 1
+        return target.embed(images)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from encsteal.checkpoint import load_encoder, save_encoder
-from encsteal.defenses import DEFENSES, SECRET_MASK, DefendedEncoder, build_defense, describe, identity, parse_defense
+from encsteal.defenses import (DEFENSES, SECRET_MASK, DefendedEncoder, build_defense, describe, identity,
+                               is_account_aware, parse_defense)
 from encsteal.defenses.poisoning import FeaturePoisoning, PoisoningConfig
 from encsteal.losses import DISTANCES
 from encsteal.models import build_encoder
@@ -25,7 +26,8 @@ def shadow(tmp_path_factory):
 
 def spec_of(name: str, shadow) -> str:
     return {"top-k": "top-k:k=8", "rounding": "rounding:decimals=1", "noise": "noise:sigma=0.2",
-            "poisoning": f"poisoning:epsilon=0.5,shadow={shadow}"}[name]
+            "poisoning": f"poisoning:epsilon=0.5,shadow={shadow}", "b4b": "b4b:beta=2,pad=4,bits=6,projections=4",
+            "pow": "pow:base=20,bits=6,projections=4", "detection": "detection:min_queries=3"}[name]
 
 
 def batch(n=6, seed=0):
@@ -39,9 +41,15 @@ def test_every_defense_parses_builds_and_answers_finite_features(name, shadow, o
     assert parse_defense(describe([config]).replace(f"secret={SECRET_MASK}", "secret=0")) == config
     defense = build_defense(config, CPU, 32)
     features = torch.randn(6, 256)
-    out = defense(batch(), features)
-    assert out.shape == features.shape and torch.isfinite(out).all()
-    assert torch.equal(defense(batch(), features), out)  # the same images get the same answer
+    if is_account_aware(defense):  # a new account's first request, twice: the same answer
+        answer = defense.answer(batch(), features, "someone", None)
+        out, again = answer.features, defense.answer(batch(), features, "someone", None).features
+        assert out.shape == (6, 256 + defense.extra_dims) and answer.state and answer.figures["queries"] == 6
+    else:
+        out, again = defense(batch(), features), defense(batch(), features)
+        assert out.shape == features.shape
+    assert torch.isfinite(out).all()
+    assert torch.equal(again, out)  # the same images get the same answer
 
 
 def test_top_k_keeps_the_k_largest_magnitudes():
@@ -118,7 +126,9 @@ def test_served_defenses_answer_like_the_local_ones(name, shadow, tmp_path, one_
     with ServerProcess(settings) as server:
         remote = HttpTarget(server.url, key, batch_size=5).embed(images)
     encoder, _ = load_encoder(checkpoint)
-    local = LocalTarget(encoder, image_size=32, device=CPU, defenses=[build_defense(config, CPU, 32)]).embed(images)
+    # the same account asking in the same requests: account-aware defenses answer alike in-process
+    local = LocalTarget(encoder, image_size=32, device=CPU, batch_size=5, defenses=[build_defense(config, CPU, 32)],
+                        account="researcher").embed(images)
     torch.testing.assert_close(remote, local, rtol=1e-4, atol=1e-4)
 
 

@@ -4,6 +4,9 @@ Each defense is a callable `(images, features) -> features` (images as float N x
 typed config; `DefendedEncoder` applies them in order after the target encoder, the same way in-process and
 behind the HTTP API. On the command line a defense is `NAME:key=value,key=value`, e.g. `top-k:k=10`,
 `rounding:decimals=2`, `noise:sigma=0.1`, `poisoning:epsilon=1,norm=2,shadow=runs/x/shadow.safetensors`.
+
+The account-aware defenses (`b4b`, `pow`, `detection`; encsteal.defenses.accounts) also read and update the
+calling account's state: `DefendedEncoder.respond` runs the list for one account.
 """
 
 from __future__ import annotations
@@ -21,8 +24,12 @@ import torch
 import yaml
 from pydantic import Field, TypeAdapter, ValidationError
 
+from encsteal.defenses.accounts import AccountAware, Response, SimulatedAccounts, is_account_aware, respond
+from encsteal.defenses.b4b import B4B, B4BConfig
+from encsteal.defenses.detection import Detection, DetectionConfig
 from encsteal.defenses.noise import GaussianNoise, NoiseConfig
 from encsteal.defenses.poisoning import FeaturePoisoning, PoisoningConfig
+from encsteal.defenses.proof_of_work import PowConfig, ProofOfWork
 from encsteal.defenses.rounding import RoundingConfig, rounding
 from encsteal.defenses.topk import TopKConfig, top_k
 
@@ -33,15 +40,21 @@ DEFENSES: dict[str, type] = {
     "rounding": RoundingConfig,
     "noise": NoiseConfig,
     "poisoning": PoisoningConfig,
+    "b4b": B4BConfig,
+    "pow": PowConfig,
+    "detection": DetectionConfig,
 }
 """name -> its config model (the `name` field picks the model when a config is read)."""
 
-DefenseConfig = Annotated[Union[TopKConfig, RoundingConfig, NoiseConfig, PoisoningConfig], Field(discriminator="name")]
+DefenseConfig = Annotated[Union[TopKConfig, RoundingConfig, NoiseConfig, PoisoningConfig, B4BConfig, PowConfig,
+                                DetectionConfig], Field(discriminator="name")]
+ACCOUNT_AWARE = (B4BConfig, PowConfig, DetectionConfig)
+"""The configs of the defenses that keep per-account state."""
 
 _adapter = TypeAdapter(DefenseConfig)
 
 
-def build_defense(config, device: torch.device, image_size: int) -> Defense:
+def build_defense(config, device: torch.device, image_size: int) -> Defense | AccountAware:
     if isinstance(config, TopKConfig):  # stateless: the function with its settings bound
         return partial(top_k, config)
     if isinstance(config, RoundingConfig):
@@ -50,6 +63,12 @@ def build_defense(config, device: torch.device, image_size: int) -> Defense:
         return GaussianNoise(config)
     if isinstance(config, PoisoningConfig):
         return FeaturePoisoning(config, device, image_size)
+    if isinstance(config, B4BConfig):
+        return B4B(config)
+    if isinstance(config, PowConfig):
+        return ProofOfWork(config)
+    if isinstance(config, DetectionConfig):
+        return Detection(config)
     raise TypeError(f"not a defense config: {config!r}")
 
 
@@ -113,12 +132,12 @@ def secret_digest(secret: int) -> str:
 def identity(configs: Sequence) -> str:
     """What defended features depend on, for cache keys and recipes: `describe`'s text with each secret as its
     keyed hash (the default, 0, as it is, so that earlier recipes still match) and each poisoning shadow encoder
-    as its weights' digest (another shadow at the same path is another defense)."""
+    and coverage center as its file's digest (another file at the same path is another defense)."""
 
     def shown(key: str, value):
         if key == "secret" and value != 0:
             return secret_digest(value)
-        if key == "shadow" and value is not None and Path(value).is_file():
+        if key in ("shadow", "center") and value is not None and Path(value).is_file():
             return "sha256:" + hashlib.sha256(Path(value).read_bytes()).hexdigest()[:16]
         return value
 
@@ -126,20 +145,35 @@ def identity(configs: Sequence) -> str:
 
 
 class DefendedEncoder(torch.nn.Module):
-    """The target encoder followed by its defenses: what the provider serves."""
+    """The target encoder followed by its defenses: what the provider serves. `forward` applies stateless
+    defenses only; with account-aware ones, `respond` answers one account."""
 
-    def __init__(self, encoder: torch.nn.Module, defenses: Sequence[Defense] = ()) -> None:
+    def __init__(self, encoder: torch.nn.Module, defenses: Sequence[Defense | AccountAware] = ()) -> None:
         super().__init__()
         self.encoder = encoder
         self.defenses = list(defenses)
-        self.feature_dim: int = encoder.feature_dim
+        self.feature_dim: int = encoder.feature_dim + sum(getattr(d, "extra_dims", 0) for d in self.defenses)
+
+    @property
+    def account_aware(self) -> bool:
+        return any(is_account_aware(defense) for defense in self.defenses)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.account_aware:
+            raise TypeError("account-aware defenses answer an account: call respond(images, account, states)")
         features = self.encoder(images).float()
         for defense in self.defenses:
             features = defense(images, features)
         return features
 
+    def respond(self, images: torch.Tensor, account: str, states) -> Response:
+        """The features for `account`, whose defense states (slot -> bytes) are given, and its new states."""
+        return self.respond_to(images, self.encoder(images).float(), account, states)
 
-__all__ = ["DEFENSES", "DefendedEncoder", "Defense", "DefenseConfig", "build_defense", "describe", "identity", "parse_defense",
+    def respond_to(self, images: torch.Tensor, features: torch.Tensor, account: str, states) -> Response:
+        """As `respond`, from the encoder's features of `images` computed before."""
+        return respond(self.defenses, images, features, account, states)
+
+
+__all__ = ["ACCOUNT_AWARE", "DEFENSES", "AccountAware", "DefendedEncoder", "SimulatedAccounts", "is_account_aware", "Defense", "DefenseConfig", "build_defense", "describe", "identity", "parse_defense",
            "secret_digest"]

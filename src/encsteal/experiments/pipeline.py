@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,20 +24,23 @@ from encsteal.checkpoint import file_digest, load_encoder, provenance, reusable,
 from encsteal.config import Config, ConfigError, TargetConfig, dump_config
 from encsteal.data import load_dataset
 from encsteal.data.surrogate import draw, pretraining_images, surrogate_images
-from encsteal.defenses import build_defense, describe, identity
+from encsteal.defenses import ACCOUNT_AWARE, SimulatedAccounts, build_defense, describe, identity
+from encsteal.defenses.coverage import PRETRAINING
 from encsteal.defenses.poisoning import PoisoningConfig
 from encsteal.distributed import SINGLE, Dist, SharedAnswers, barrier, from_env
 from encsteal.errors import EncstealError
 from encsteal.evaluate import ProbeCache, evaluate_task
+from encsteal.experiments.customers import serve_customer
 from encsteal.experiments.report import write_report
 from encsteal.models import build_encoder
 from encsteal.pretrain import PRETRAINERS
 from encsteal.query_cache import CachedTarget, QueryCache
 from encsteal.service.client import HttpTarget
 from encsteal.service.dialects.target import WireTarget, open_target, served_url
-from encsteal.service.provider import served, with_shadow
+from encsteal.service.ledger import Ledger
+from encsteal.service.provider import served, with_center, with_shadow
 from encsteal.service.server import ServeSettings
-from encsteal.target import LocalTarget, Target
+from encsteal.target import LocalTarget, SybilTarget, Target
 from encsteal.training import MetricsLog, TrainContext, keep_freed_memory, resolve_device, seed_everything
 
 
@@ -55,6 +58,8 @@ class Run:
     progress: bool
     dist: Dist = SINGLE
     """Under torchrun, this process's rank: every rank trains, rank 0 alone queries, writes and evaluates."""
+    served_accounts: list[dict] = field(default_factory=list)
+    """After a served steal: what the provider's database holds of the attacker's accounts."""
 
     @classmethod
     def open(cls, config: Config, progress: bool = True) -> Run:
@@ -149,28 +154,66 @@ def _target_encoder(run: Run):
 
 
 def defense_configs(run: Run) -> list:
-    """target.defenses with every poisoning defense's shadow encoder in place (the provider trains it when missing)."""
+    """target.defenses with every poisoning defense's shadow encoder in place (the provider trains it when missing)
+    and every `center: pretraining` replaced by the target's mean-feature file (computed when missing)."""
     config = run.config
 
     def shadow_context(stage: str, recipe: dict) -> TrainContext:
         return run.context(stage, recipe, SINGLE)  # rank 0 alone
 
-    return [with_shadow(defense, config.attack, run.target_path, seed=config.seed, data_root=config.data.resolved_root(),
-                        image_size=config.data.image_size, device=run.device, batch_size=config.evaluate.batch_size,
-                        context=shadow_context)
-            if isinstance(defense, PoisoningConfig) and defense.shadow is None else defense
-            for defense in config.target.defenses]
+    def resolved(defense):
+        if isinstance(defense, PoisoningConfig) and defense.shadow is None:
+            return with_shadow(defense, config.attack, run.target_path, seed=config.seed,
+                               data_root=config.data.resolved_root(), image_size=config.data.image_size,
+                               device=run.device, batch_size=config.evaluate.batch_size, context=shadow_context)
+        if isinstance(defense, ACCOUNT_AWARE) and defense.center == PRETRAINING:
+            return with_center(defense, run.target_path, data_root=config.data.resolved_root(),
+                               image_size=config.data.image_size, device=run.device,
+                               batch_size=config.evaluate.batch_size)
+        return defense
+
+    return [resolved(defense) for defense in config.target.defenses]
 
 
 def _load_target(run: Run) -> tuple[LocalTarget, dict, list]:
-    """The target with its defenses, in this process (what TA is measured on, and the local attack's victim),
-    its checkpoint's sidecar and the defenses' configs as applied."""
+    """The target with its stateless defenses, in this process (what TA is measured on), its checkpoint's
+    sidecar and all the defenses' configs as applied. Account-aware defenses answer accounts: TA is the
+    provider's own view without them, and what they cost customers is measured by evaluate.customers."""
     encoder, meta = _target_encoder(run)
     size = run.config.data.image_size
     configs = defense_configs(run)
-    defenses = [build_defense(config, run.device, size) for config in configs]
+    defenses = [build_defense(config, run.device, size) for config in configs if not isinstance(config, ACCOUNT_AWARE)]
     return LocalTarget(encoder, image_size=size, device=run.device, batch_size=run.config.evaluate.batch_size,
                        defenses=defenses), meta, configs
+
+
+def attacker_accounts(count: int) -> list[str]:
+    """The names of the attacker's accounts: attacker, attacker-2, ..."""
+    return ["attacker"] + [f"attacker-{index}" for index in range(2, count + 1)]
+
+
+def simulated_accounts_path(run: Run) -> Path:
+    """Where an in-process run keeps its simulated accounts: beside its query cache, whose answers they made
+    (runs sharing the cache share the query stream, hence the accounts)."""
+    cache = run.config.target.query_cache or run.dir / "queries.sqlite"
+    return cache.with_name(cache.stem + ".accounts.json")
+
+
+def _local_attack_target(run: Run) -> tuple[Target, str, SimulatedAccounts]:
+    """The in-process victim of the attack: one target per attacker account (sybils in turn), the defenses'
+    per-account states in simulated accounts; and its identity for the query cache."""
+    config = run.config
+    encoder, _ = _target_encoder(run)
+    size = config.data.image_size
+    configs = defense_configs(run)
+    accounts = SimulatedAccounts(simulated_accounts_path(run))
+    targets = [LocalTarget(encoder, image_size=size, device=run.device, batch_size=config.target.query_batch_size,
+                           defenses=[build_defense(c, run.device, size) for c in configs], account=name,
+                           accounts=accounts)
+               for name in attacker_accounts(config.target.accounts)]
+    target: Target = targets[0] if len(targets) == 1 else SybilTarget(targets)
+    suffix = "" if config.target.accounts == 1 else f"|accounts={config.target.accounts}"
+    return target, f"local:{file_digest(run.target_path)}|{identity(configs)}{suffix}", accounts
 
 
 @contextmanager
@@ -180,41 +223,69 @@ def _victim(run: Run) -> Iterator[tuple[Target, str, Callable[[], float | None]]
     config = run.config
     kind = config.target.kind
     if kind == "local":
-        target, _, defenses = _load_target(run)
-        yield target, f"local:{file_digest(run.target_path)}|{identity(defenses)}", lambda: None
+        target, target_id, _ = _local_attack_target(run)
+        yield target, target_id, lambda: None
         return
     if kind == "http":
         url, key = config.target.url, config.target.resolved_api_key() or ""
-        with _client(url, key, config.target) as victim:
+        with _clients(url, [key], config.target) as victim:
             yield victim
         return
-    # served: the provider's API in a child process, with an account for this run
+    # served: the provider's API in a child process, with the attacker's accounts for this run
     settings = ServeSettings(checkpoint=run.target_path, db=str(run.dir / "service.sqlite"), defenses=defense_configs(run))
-    with served(settings, run.dir / "api_key", config.target.price) as (url, key):
-        with _client(served_url(url, config.target.wire), key, config.target, ledger_url=url) as victim:
+    names = attacker_accounts(config.target.accounts)
+    with served(settings, run.dir / "api_key", config.target.price, names) as (url, keys):
+        with _clients(served_url(url, config.target.wire), keys, config.target, ledger_url=url) as victim:
             yield victim
+            target = victim[0]
+            clients = target.targets if isinstance(target, SybilTarget) else [target]
+            run.served_accounts = served_figures(run, settings.db, names, clients)
+
+
+def served_figures(run: Run, db: str, names: list[str], clients: list[HttpTarget]) -> list[dict]:
+    """What the provider's database holds of the attacker's accounts, and what this run's clients paid in
+    proof-of-work (empty without account-aware defenses)."""
+    if not any(isinstance(d, ACCOUNT_AWARE) for d in run.config.target.defenses):
+        return []
+    figures = Ledger(db).defense_figures()
+    return [{"account": name, "images": client.queries, "pow_seconds": client.pow_seconds,
+             "pow_hashes": client.pow_hashes, "figures": figures[name].latest if name in figures else {}}
+            for name, client in zip(names, clients)]
 
 
 @contextmanager
-def _client(url: str, key: str, target: TargetConfig, ledger_url: str | None = None
-            ) -> Iterator[tuple[Target, str, Callable[[], float | None]]]:
-    """The client of the API at `url` in target.wire; with its identity and the money spent: the account's
-    spending in the ledger of encsteal's server at `ledger_url` (a served run, whatever its wire), else what the
-    service reports (None where it reports none)."""
-    client = open_target(url, key, target.wire, model=target.model, encoding_format=target.encoding_format,
-                         extra_body=target.extra_body, batch_size=target.query_batch_size)
-    ledger = None if ledger_url is None else HttpTarget(ledger_url, key)
+def _clients(url: str, keys: list[str], target: TargetConfig, ledger_url: str | None = None
+             ) -> Iterator[tuple[Target, str, Callable[[], float | None]]]:
+    """The clients of the API at `url` in target.wire, one per key (several: the attacker's sybil accounts, taking
+    requests in turn); with their identity and the money spent: the accounts' spending in the ledger of
+    encsteal's server at `ledger_url` (a served run, whatever its wire), else what the service reports (None
+    where it reports none)."""
+    clients = [open_target(url, key, target.wire, model=target.model, encoding_format=target.encoding_format,
+                           extra_body=target.extra_body, batch_size=target.query_batch_size) for key in keys]
+    ledgers = [] if ledger_url is None else [HttpTarget(ledger_url, key) for key in keys]
+    victim: Target = clients[0] if len(clients) == 1 else SybilTarget(clients)
+
+    def spent() -> float | None:
+        amounts = [account.usage()["spent"] for account in (ledgers or clients)]
+        return None if any(amount is None for amount in amounts) else sum(amounts)
+
     try:
-        yield client, f"http:{client.model_id}", lambda: (ledger or client).usage()["spent"]
+        yield victim, f"http:{clients[0].model_id}", spent
     finally:
-        client.close()
-        if ledger is not None:
-            ledger.close()
+        for client in clients + ledgers:
+            client.close()
 
 
 def billed_units(target: Target) -> dict[str, int] | None:
     """What a service of another wire billed, in its own unit ({"tokens": 1234}); None for the others."""
-    return target.billed_units() if isinstance(target, WireTarget) else None
+    clients = target.targets if isinstance(target, SybilTarget) else [target]
+    if not all(isinstance(client, WireTarget) for client in clients):
+        return None
+    totals: dict[str, int] = {}
+    for client in clients:
+        for unit, count in client.billed_units().items():
+            totals[unit] = totals.get(unit, 0) + count
+    return totals
 
 
 def _surrogate_labels(record: dict, run: Run) -> torch.Tensor | None:
@@ -232,7 +303,8 @@ def steal(run: Run) -> Path:
               "target": {"kind": config.target.kind, "checkpoint": None if remote_only else file_digest(run.target_path),
                          "url": config.target.url, "defenses": identity(config.target.defenses),
                          **({"wire": config.target.wire, "model": config.target.model}
-                            if config.target.wire != "native" else {})},
+                            if config.target.wire != "native" else {}),
+                         **({"accounts": config.target.accounts} if config.target.accounts != 1 else {})},
               "seed": config.seed}
     if reusable(run.stolen_path, recipe, "stolen encoder"):
         return run.stolen_path
@@ -256,6 +328,7 @@ def steal(run: Run) -> Path:
         seconds = ctx.seconds()  # a killed run's seconds count too
         cost = spent()
         billed = billed_units(target)
+    accounts = attacker_figures(run) if config.target.kind == "local" else run.served_accounts
     save_encoder(stolen, run.stolen_path, {
         "role": "stolen",
         "recipe": recipe,
@@ -268,11 +341,44 @@ def steal(run: Run) -> Path:
         **({"billed": billed} if billed is not None else {}),
         "wall_seconds": seconds,
         "processes": run.dist.world,
+        **({"accounts": accounts} if accounts else {}),
         **provenance(),
     })
     cache.close()
     barrier(run.dist)
     return run.stolen_path
+
+
+def attacker_figures(run: Run) -> list[dict]:
+    """Per attacker account, what the provider's account-aware defenses hold: images, proof-of-work CPU seconds
+    and the latest figures of every defense (coverage, σ, statistics, flag). Empty without such defenses."""
+    config = run.config
+    if not any(isinstance(d, ACCOUNT_AWARE) for d in config.target.defenses) or config.target.kind != "local":
+        return []
+    accounts = SimulatedAccounts(simulated_accounts_path(run))
+    return [{"account": name, "images": accounts.account(name).images, "pow_seconds": accounts.account(name).pow_seconds,
+             "pow_hashes": accounts.account(name).pow_hashes, "figures": accounts.figures(name)}
+            for name in attacker_accounts(config.target.accounts)]
+
+
+def customers(run: Run, configs: list) -> list[dict]:
+    """evaluate.customers, each through its own account of the defended target (in-process, all defenses)."""
+    config = run.config
+    if not config.evaluate.customers:
+        return []
+    encoder, _ = _target_encoder(run)
+    size, batch = config.data.image_size, config.target.query_batch_size
+    built = [build_defense(c, run.device, size) for c in configs]
+    accounts = SimulatedAccounts()
+
+    def defended(account: str) -> LocalTarget:
+        return LocalTarget(encoder, image_size=size, device=run.device, batch_size=batch, defenses=built,
+                           account=account, accounts=accounts)
+
+    undefended = LocalTarget(encoder, image_size=size, device=run.device, batch_size=config.evaluate.batch_size)
+    return [serve_customer(customer, defended, undefended, config.evaluate.probe, root=config.data.resolved_root(),
+                           image_size=size, seed=config.seed + 11, device=run.device).as_dict()
+            for customer in config.evaluate.customers]
 
 
 def _downstream_split(name: str, split: str, limit: int | None, seed: int, run: Run, exclude: list[int] = ()):
@@ -314,7 +420,8 @@ def evaluate(run: Run) -> dict:
                                      f"{seed}:torch-{torch.__version__}"
                   for index, seed in enumerate(random_seeds)}
     if target is not None:
-        identities["target"] = f"target:{file_digest(run.target_path)}:{identity(defenses)}"
+        stateless = [d for d in defenses if not isinstance(d, ACCOUNT_AWARE)]  # what TA is measured with
+        identities["target"] = f"target:{file_digest(run.target_path)}:{identity(stateless)}"
     probe_cache = ProbeCache(config.evaluate.probe_cache) if config.evaluate.probe_cache is not None else None
     started = time.perf_counter()
     downstream = {}
@@ -344,9 +451,12 @@ def evaluate(run: Run) -> dict:
             "mlp-" + "-".join(map(str, (task.probe or config.evaluate.probe).hidden))
     if probe_cache is not None:
         probe_cache.close()
+    served_customers = customers(run, defenses) if target is not None else []
     results = {
         "name": config.name,
         "downstream": downstream,
+        **({"customers": served_customers} if served_customers else {}),
+        **({"attacker_accounts": stolen_meta["accounts"]} if stolen_meta.get("accounts") else {}),
         "queries": stolen_meta["queries"],
         "queries_this_run": stolen_meta["queries_this_run"],
         "cost": stolen_meta.get("cost"),

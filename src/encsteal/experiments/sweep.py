@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from encsteal.checkpoint import file_digest
 from encsteal.config import Config, dump_config, load_config
+from encsteal.defenses import ACCOUNT_AWARE
 from encsteal.defenses.poisoning import PoisoningConfig
 from encsteal.errors import ConfigError, EncstealError
 from encsteal.service.provider import shadow_recipe
@@ -164,6 +165,13 @@ def share(config: Config, runs_dir: Path, share_queries: bool) -> Config:
         shadows = [_shadow_identity(d, config) for d in config.target.defenses if isinstance(d, PoisoningConfig)]
         if shadows:
             identity["shadows"] = shadows
+        if config.target.accounts != 1:
+            identity["accounts"] = config.target.accounts
+        if any(isinstance(d, ACCOUNT_AWARE) for d in config.target.defenses):
+            # answers depend on the account's stream: shared only by runs that ask the same images in the same order
+            identity["stream"] = {"surrogate": config.surrogate.model_dump(mode="json"), "seed": config.seed,
+                                  "data": config.data.model_dump(mode="json", exclude={"root"}),
+                                  "batch": config.target.query_batch_size}
         update["query_cache"] = runs_dir / "caches" / f"{_digest(identity)}.sqlite"
     if update:
         config = config.model_copy(update={"target": config.target.model_copy(update=update)})

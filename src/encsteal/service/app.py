@@ -5,12 +5,19 @@
     GET  /v1/usage        the calling account's queries, quota and spending
     GET  /v1/models       the served model, as OpenAI lists models
     POST /v2/embed        images -> features in Cohere's v2 shape
+    POST /v1/challenges   a proof-of-work puzzle for the account's next request (with the `pow` defense)
     GET  /healthz         liveness
+    GET  /admin           the provider's console (accounts, usage, coverage, flags, plots), behind the admin token
     GET  /docs            the API's documentation page (Swagger UI), its assets served here: it works offline
 
 POST /v1/embeddings also reads OpenAI's shapes (`input`, `messages`), and answers them in OpenAI's; those
 routes' refusals are OpenAI-style {"error": {...}} bodies (encsteal.service.dialects). Every embedding
 answer carries the account's x-ratelimit-* headers (encsteal.service.ratelimit).
+
+Account-aware defenses (B4B, proof-of-work, detection; encsteal.service.defended) read and update each
+account's state in the account database: 403 also refuses an account flagged under the policy `refuse`;
+with proof-of-work a request without a solved challenge gets 428, a wrong or misbound one 422, a spent or
+expired one 409 (ask for a new challenge).
 
 Status codes: 401 missing or unknown API key, 403 disabled account, 429 over the rate limit (with
 Retry-After and retry-after-ms), 402 over the quota, 413 too large (bytes, images or pixels), 415 unknown
@@ -35,6 +42,7 @@ and billed again.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -42,10 +50,12 @@ import re
 import threading
 import time
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import numpy as np
 import torch
 from fastapi import FastAPI, HTTPException, Request, Response, Security
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_offline import FastAPIOffline
@@ -53,8 +63,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 
 from encsteal.checkpoint import load_encoder
-from encsteal.defenses import DefendedEncoder, DefenseConfig, build_defense, identity
-from encsteal.service import codec, ratelimit
+from encsteal.defenses import DefendedEncoder, DefenseConfig, build_defense, describe, identity
+from encsteal.defenses.proof_of_work import PuzzleError
+from encsteal.service import codec, console, ratelimit
+from encsteal.service.account_states import StateConflict
+from encsteal.service.defended import AccountDefenses, PowRequired, PowStale
 from encsteal.service.dialects import openai
 from encsteal.service.dialects.common import ServedModel
 from encsteal.service.dialects.routes import Endpoints, parse_embeddings, register
@@ -94,6 +107,9 @@ class ServeSettings(BaseModel):
     """What the provider chooses to disclose about the model, shown by GET /v1/model."""
     model_name: str | None = None
     """What clients send as `model` on the OpenAI and Cohere routes; None: the model_id."""
+    admin_token_hash: str | None = None
+    """SHA-256 (hex) of the admin token that opens /admin (`encsteal serve` prints the token or reads it from
+    ENCSTEAL_ADMIN_TOKEN); None: no console."""
 
     def limits(self) -> codec.Limits:
         return codec.Limits(self.max_batch, self.max_image_pixels, self.max_request_pixels)
@@ -146,6 +162,12 @@ def embeddings_doc(settings: ServeSettings) -> dict:
     }
 
 
+class ChallengeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 (hex) of the request body to be sent")
+    images: int = Field(ge=1, description="images in that request")
+
+
 class Model:
     """The served encoder behind one lock: one forward pass at a time per worker keeps torch's threads busy
     on one batch instead of fighting over the cores."""
@@ -156,7 +178,7 @@ class Model:
         self.image_size: int = meta.get("image_size", 32)
         defenses = [build_defense(config, self.device, self.image_size) for config in settings.defenses]
         self.encoder = DefendedEncoder(encoder.to(memory_format=torch.channels_last), defenses).eval()
-        self.feature_dim = encoder.feature_dim
+        self.feature_dim = self.encoder.feature_dim
         weights = hashlib.sha256(Path(settings.checkpoint).read_bytes()).hexdigest()
         # Identifies weights and defenses together (clients key their caches by it, the ledger its replays)
         # without disclosing either.
@@ -170,6 +192,13 @@ class Model:
         if not np.isfinite(features).all():
             raise RuntimeError("the encoder produced non-finite features")
         return features
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the batch as the defenses see it, the encoder's features before any defense), for account-aware
+        defenses to answer an account from."""
+        with self.lock, torch.inference_mode():
+            batch = channels_last(images.to(self.device).float().div_(255))
+            return batch, self.encoder.encoder(batch).float()
 
 
 class Retention:
@@ -199,6 +228,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         torch.set_num_threads(settings.threads)
     model = Model(settings)
     ledger = Ledger(settings.db)
+    defended = AccountDefenses(model.encoder, ledger.engine)
     retention = Retention(ledger, settings)
     limits = settings.limits()
     bearer = HTTPBearer(auto_error=False, description="the account's API key: `Authorization: Bearer es_...`")
@@ -230,7 +260,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
         return b"".join(chunks)
 
     def serve_request(account: Account, body: bytes, content_type: str, idempotency_key: str | None, *,
-                      parsed: codec.ParsedRequest | None = None) -> tuple[np.ndarray, int, int | None]:
+                      parsed: codec.ParsedRequest | None = None,
+                      pow_headers: tuple[str | None, str | None] = (None, None)) -> tuple[np.ndarray, int, int | None]:
         """(features, queries billed, quota left); cheap checks first, heavy work only for a request that
         may be answered. `parsed`: the body already read up to its number of images (the routes that read
         other shapes do so)."""
@@ -252,19 +283,50 @@ def create_app(settings: ServeSettings) -> FastAPI:
         digest = hashlib.sha256(images.numpy().tobytes()).hexdigest()
         if stored is not None:
             return replayed(stored, digest), 0, None if account.quota is None else max(0, account.quota - account.used)
-        features = model.embed(images)
-        try:
-            remaining = ledger.bill(account, len(images), digest, model.model_id, idempotency_key, features.tobytes())
-        except QuotaExceeded as exc:
-            raise HTTPException(402, str(exc)) from None
-        except IntegrityError:  # the same idempotent request, billed by a concurrent worker a moment ago
-            stored = ledger.replay(account, model.model_id, idempotency_key)
-            if stored is None:
-                raise HTTPException(409, "a request with this Idempotency-Key was being billed at the same time; "
-                                         "repeat it") from None
-            return replayed(stored, digest), 0, None
-        retention.prune_if_due()
-        return features, len(images), remaining
+        if not defended.active:
+            features = model.embed(images)
+            try:
+                remaining = ledger.bill(account, len(images), digest, model.model_id, idempotency_key, features.tobytes())
+            except QuotaExceeded as exc:
+                raise HTTPException(402, str(exc)) from None
+            except IntegrityError:
+                return concurrent_replay(account, idempotency_key, digest)
+            retention.prune_if_due()
+            return features, len(images), remaining
+        if defended.needs_pow:
+            try:
+                defended.verify(account.id, account.name, *pow_headers, hashlib.sha256(body).hexdigest(), len(images))
+            except PowRequired as exc:
+                raise HTTPException(428, str(exc)) from None
+            except PowStale as exc:
+                raise HTTPException(409, str(exc)) from None
+            except PuzzleError as exc:
+                raise HTTPException(422, str(exc)) from None
+        batch, clean = model.encode(images)
+        for _ in range(100):  # compare-and-set on the account's states: a concurrent request of it moved them
+            answered = defended.answer(batch, clean, account.id, account.name)
+            if not np.isfinite(answered.features).all():
+                raise RuntimeError("the defenses produced non-finite features")
+            try:
+                remaining = ledger.bill(account, len(images), digest, model.model_id, idempotency_key,
+                                        answered.features.tobytes(), within=answered.write)
+            except StateConflict:
+                continue
+            except QuotaExceeded as exc:
+                raise HTTPException(402, str(exc)) from None
+            except IntegrityError:
+                return concurrent_replay(account, idempotency_key, digest)
+            retention.prune_if_due()
+            return answered.features, len(images), remaining
+        raise HTTPException(503, "too many concurrent requests of this account; repeat the request")
+
+    def concurrent_replay(account: Account, idempotency_key: str | None, digest: str) -> tuple[np.ndarray, int, None]:
+        """The same idempotent request, billed by a concurrent worker a moment ago: its stored answer."""
+        stored = ledger.replay(account, model.model_id, idempotency_key)
+        if stored is None:
+            raise HTTPException(409, "a request with this Idempotency-Key was being billed at the same time; "
+                                     "repeat it") from None
+        return replayed(stored, digest), 0, None
 
     def replayed(entry: LedgerEntry, digest: str) -> np.ndarray:
         if entry.request_digest != digest:
@@ -277,6 +339,18 @@ def create_app(settings: ServeSettings) -> FastAPI:
             raise HTTPException(400, "the Idempotency-Key must be 1 to 128 visible ASCII characters (no spaces)")
         return key
 
+    def admit(account: Account) -> dict[str, str]:
+        """Take one request from the account's rate and refuse a flagged account (account-aware defenses under
+        the policy `refuse`): the rate-limit headers of its answer."""
+        headers = ratelimit.admit(ledger, account)
+        refused = defended.refusal(account.id, account.name) if defended.active else None
+        if refused:
+            raise HTTPException(403, refused)
+        return headers
+
+    def pow_headers_of(request: Request) -> tuple[str | None, str | None]:
+        return request.headers.get("x-pow-challenge"), request.headers.get("x-pow-nonce")
+
     served = ServedModel(settings.model_name or model.model_id, model.feature_dim,
                          int(Path(settings.checkpoint).stat().st_mtime))
 
@@ -284,12 +358,12 @@ def create_app(settings: ServeSettings) -> FastAPI:
     async def embeddings(request: Request, credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> Response:
         key = idempotency_key_of(request)
         account = await run_in_threadpool(account_of, credentials)
-        rate_headers = await run_in_threadpool(ratelimit.admit, ledger, account)
+        rate_headers = await run_in_threadpool(admit, account)
         body = await read_body(request)
         content_type = request.headers.get("content-type", "")
         parsed = await run_in_threadpool(parse_embeddings, body, content_type, limits, served)
         features, billed, remaining = await run_in_threadpool(
-            serve_request, account, body, content_type, key, parsed=parsed)
+            serve_request, account, body, content_type, key, parsed=parsed, pow_headers=pow_headers_of(request))
         cost = billed * account.price_micros
         if isinstance(parsed, openai.OpenAIRequest):
             return openai.answer(parsed, features, served, billed, remaining, cost, rate_headers)
@@ -301,9 +375,68 @@ def create_app(settings: ServeSettings) -> FastAPI:
                 "quota_remaining": remaining, "cost": cost / MICROS, "cost_micros": cost}
         return Response(json.dumps(body), media_type=codec.JSON, headers=rate_headers)
 
+    @app.post("/v1/challenges", responses={**REFUSALS, "404": _detail("this API needs no proof of work")})
+    def issue_challenge(wanted: ChallengeRequest,
+                        credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> dict:
+        """A proof-of-work puzzle for one request: find a nonce (0 <= nonce < 2^64) such that SHA-256(prefix ‖
+        nonce as 8 little-endian bytes), read as a big-endian integer, is below 2^256 // hashes; send the
+        request with the same body, X-Pow-Challenge: id and X-Pow-Nonce: nonce, before `expires`."""
+        if not defended.needs_pow:
+            raise HTTPException(404, "this API needs no proof of work")
+        if wanted.images > settings.max_batch:
+            raise HTTPException(413, f"at most {settings.max_batch} images per request")
+        account = account_of(credentials)
+        refused = defended.refusal(account.id, account.name)
+        if refused:
+            raise HTTPException(403, refused)
+        challenge = defended.issue(account.id, account.name, wanted.digest, wanted.images)
+        return {**challenge.as_dict(), "prefix": challenge.prefix().decode()}
+
+    def admin_allowed(request: Request) -> bool:
+        if settings.admin_token_hash is None:
+            return False
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else request.cookies.get("encsteal_admin", "")
+        return bool(token) and hmac.compare_digest(hashlib.sha256(token.encode()).hexdigest(), settings.admin_token_hash)
+
+    @app.get("/admin", response_class=HTMLResponse, include_in_schema=False)
+    def admin(request: Request) -> Response:
+        if settings.admin_token_hash is None:
+            raise HTTPException(404, "no console: start the server with an admin token")
+        if not admin_allowed(request):
+            return RedirectResponse("/admin/login", status_code=303)
+        usages = ledger.usage()
+        figures = ledger.defense_figures()
+        accounts = [console.ConsoleAccount(
+            u.name, u.used, u.quota, u.requests, format_money(u.spent_micros), format_money(u.price_micros), u.disabled,
+            figures[u.name].coverage if u.name in figures else None, u.name in figures and figures[u.name].flagged,
+            figures[u.name].flagged_at if u.name in figures else None,
+            figures[u.name].latest if u.name in figures else {},
+            ledger.defense_history(u.name) if u.name in figures else []) for u in usages]
+        return HTMLResponse(console.render(accounts, model=model.model_id, defenses=describe(settings.defenses)),
+                            headers={"Cache-Control": "no-store"})
+
+    @app.get("/admin/login", response_class=HTMLResponse, include_in_schema=False)
+    def admin_login_page() -> Response:
+        return HTMLResponse(console.login_page())
+
+    @app.post("/admin/login", include_in_schema=False)
+    async def admin_login(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > 4096:
+            raise HTTPException(413, "a sign-in form is smaller than that")
+        token = parse_qs(body.decode("utf-8", "replace")).get("token", [""])[0]
+        if settings.admin_token_hash is None or not hmac.compare_digest(
+                hashlib.sha256(token.encode()).hexdigest(), settings.admin_token_hash):
+            return HTMLResponse(console.login_page("wrong admin token"), status_code=401)
+        response = RedirectResponse("/admin", status_code=303)
+        response.set_cookie("encsteal_admin", token, httponly=True, samesite="strict")
+        return response
+
     @app.get("/v1/model")
     def model_info() -> dict:
         return {"model_id": model.model_id, "input_size": model.image_size, "channels": 3,
+                "proof_of_work": defended.needs_pow,
                 "feature_dim": model.feature_dim, "dtype": "float32", "formats": [codec.JSON, codec.NPY],
                 "max_batch": settings.max_batch, "max_bytes": settings.max_bytes,
                 "max_image_pixels": settings.max_image_pixels, "max_request_pixels": settings.max_request_pixels,
@@ -322,7 +455,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
     def healthz() -> dict:
         return {"status": "ok"}
 
-    register(app, Endpoints(served, limits, ledger, bearer, account_of, read_body, idempotency_key_of, serve_request))
+    register(app, Endpoints(served, limits, admit, bearer, account_of, read_body, idempotency_key_of, serve_request,
+                            pow_headers_of))
     return app
 
 

@@ -11,6 +11,10 @@ Batches are cut to the server's limits (max_batch images and max_request_pixels 
 GET /v1/model). `cost` adds up the exact costs the API reported (a Decimal). After an answer whose
 x-ratelimit-remaining-requests is 0 the next request waits for x-ratelimit-reset-requests (`throttle`), so
 an account's rate is kept rather than hit. Other services' dialects: encsteal.service.dialects.target.
+
+An API with proof-of-work (GET /v1/model says `proof_of_work`) gets a challenge for every request (POST
+/v1/challenges, bound to the request's body), solved here before the request is sent; `pow_seconds` adds up
+the CPU seconds spent solving.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import httpx
 import numpy as np
 import torch
 
+from encsteal.defenses.proof_of_work import Challenge, solve
 from encsteal.errors import EncstealError
 from encsteal.service import codec
 from encsteal.service.ratelimit import Throttle
@@ -58,12 +63,16 @@ class HttpTarget:
         """Images billed by the API to this object (replays of paid requests are free)."""
         self.cost = Decimal(0)
         """Money billed to this object, exactly, as the API reported it."""
+        self.pow_seconds = 0.0
+        """CPU seconds spent solving the API's proof-of-work puzzles (when it asks for them)."""
+        self.pow_hashes = 0
         info = self._request("GET", "/v1/model").json()
         self.model_id: str = info["model_id"]
         self.image_size: int = info["input_size"]
         self.feature_dim: int = info["feature_dim"]
         self.batch_size = min(batch_size, info.get("max_batch", batch_size))
         self.max_request_pixels: int | None = info.get("max_request_pixels")
+        self.proof_of_work: bool = bool(info.get("proof_of_work"))
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         check_images(images)
@@ -82,8 +91,17 @@ class HttpTarget:
     def _embed_batch(self, images: torch.Tensor) -> torch.Tensor:
         body = codec.encode_npy(images.contiguous().numpy())
         key = hashlib.sha256(body).hexdigest()
-        response = self._request("POST", "/v1/embeddings", content=body, headers={
-            "Content-Type": codec.NPY, "Accept": codec.NPY, "Idempotency-Key": key})
+        headers = {"Content-Type": codec.NPY, "Accept": codec.NPY, "Idempotency-Key": key}
+        if not self.proof_of_work:
+            response = self._request("POST", "/v1/embeddings", content=body, headers=headers)
+        else:
+            for _ in range(3):  # a challenge that expired while it was solved, or was spent by a retry: a new one
+                response = self._request("POST", "/v1/embeddings", content=body, passthrough={409},
+                                         headers={**headers, **self._solved(key, len(images))})
+                if response.status_code != 409:
+                    break
+            else:
+                raise ApiError(f"the embedding API refused three proof-of-work solutions: {_detail(response)}")
         features = codec.decode_npy(response.content)
         if features.shape[0] != len(images):
             raise QueryError(f"the API answered {len(images)} images with {features.shape[0]} feature vectors")
@@ -91,7 +109,20 @@ class HttpTarget:
         self.cost += Decimal(response.headers.get("x-cost", "0"))
         return torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
 
-    def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+    def _solved(self, digest: str, images: int) -> dict[str, str]:
+        """The proof-of-work headers for a request body of SHA-256 `digest`: a challenge, solved here."""
+        issued = self._request("POST", "/v1/challenges", json={"digest": digest, "images": images}).json()
+        challenge = Challenge(issued["id"], issued["account"], issued["digest"], issued["images"], issued["hashes"],
+                              issued["expires"])
+        started = time.process_time()
+        nonce, tries = solve(challenge)
+        self.pow_seconds += time.process_time() - started
+        self.pow_hashes += tries
+        return {"X-Pow-Challenge": challenge.id, "X-Pow-Nonce": str(nonce)}
+
+    def _request(self, method: str, path: str, passthrough: set[int] = frozenset(), **kwargs) -> httpx.Response:
+        """The response to a request, retried where worth it; an error status raises ApiError, except those in
+        `passthrough`, returned."""
         delay = self.backoff
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
@@ -104,7 +135,7 @@ class HttpTarget:
                 time.sleep(delay)
                 delay = min(2 * delay, self.max_backoff)
                 continue
-            if response.status_code < 400:
+            if response.status_code < 400 or response.status_code in passthrough:
                 return response
             if response.status_code in RETRY_STATUS and not last:
                 retry_after = response.headers.get("retry-after")

@@ -20,6 +20,10 @@ beyond a total size (the server does so as it runs; `encsteal accounts prune` do
 ledger entry itself, the billing record, is kept; only its features and key are dropped, so a request
 repeated after its replay expired is computed and billed again.
 
+The account-aware defenses keep their per-account states, the history of their figures and the proof-of-work
+challenges in tables of the same database (encsteal.service.account_states); a request's new states are
+written in its billing transaction (`bill(..., within=...)`).
+
 API keys are 256-bit random tokens stored only as their SHA-256 (a slow password hash buys nothing against
 keys of that entropy, and lookups stay one index probe). Rate limits follow GCRA, kept in the account row
 and updated by compare-and-set, so every worker process and every instance enforces one shared limit.
@@ -34,12 +38,14 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from sqlalchemy import (
     BigInteger,
+    Connection,
     Boolean,
     Float,
     ForeignKey,
@@ -60,6 +66,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from encsteal.errors import EncstealError
+from encsteal.service import account_states
 
 MICROS = 1_000_000
 """Micro-units in one unit of the provider's currency."""
@@ -201,6 +208,7 @@ class Ledger:
         try:
             _migrate_float_money(self.engine)
             Base.metadata.create_all(self.engine)
+            account_states.metadata.create_all(self.engine)
         except SQLAlchemyError as exc:
             raise LedgerError(f"cannot open the account database {masked_url(db)}: {getattr(exc, 'orig', None) or exc}") from None
 
@@ -239,6 +247,21 @@ class Ledger:
                 raise LedgerError(f"no account named '{name}'")
             return [Usage(a.name, a.used, a.quota, a.spent_micros, a.price_micros, counts.get(a.id, 0), a.disabled)
                     for a in accounts]
+
+    def defense_figures(self) -> dict[str, account_states.AccountFigures]:
+        """Per account name, what its account-aware defenses show (coverage, flags); accounts never answered by
+        such a defense are left out."""
+        with Session(self.engine) as session:
+            names = dict(session.execute(select(Account.id, Account.name)).all())
+            figures = account_states.figures_of(session.connection())
+        return {names[account_id]: entry for account_id, entry in figures.items() if account_id in names}
+
+    def defense_history(self, name: str) -> list[dict]:
+        with Session(self.engine) as session:
+            account_id = session.scalar(select(Account.id).where(Account.name == name))
+            if account_id is None:
+                raise LedgerError(f"no account named '{name}'")
+            return account_states.history(session.connection(), account_id)
 
     def entries(self, name: str) -> list[LedgerEntry]:
         with Session(self.engine) as session:
@@ -323,10 +346,12 @@ class Ledger:
             return entry
 
     def bill(self, account: Account, images: int, request_digest: str, model_id: str, idempotency_key: str | None,
-             features: bytes | None) -> int | None:
+             features: bytes | None, within: Callable[[Connection], None] | None = None) -> int | None:
         """Charge `images` queries and record them, atomically; returns the queries left in the quota (None:
         unlimited). Over the quota it raises QuotaExceeded and charges nothing. The features are stored
-        for replays when the request has an idempotency key."""
+        for replays when the request has an idempotency key. `within(connection)` runs in the same
+        transaction (the account-aware defenses store the account's new states); whatever it raises rolls
+        the whole request back."""
         cost = images * account.price_micros
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
             charged = session.execute(
@@ -340,6 +365,8 @@ class Ledger:
             session.add(LedgerEntry(account_id=account.id, model_id=model_id, idempotency_key=idempotency_key,
                                     request_digest=request_digest, images=images, cost_micros=cost, created=time.time(),
                                     features=features if idempotency_key else None))
+            if within is not None:
+                within(session.connection())
             if account.quota is None:
                 return None
             used = session.scalar(select(Account.used).where(Account.id == account.id))

@@ -1,5 +1,6 @@
-"""What the provider does for an experiment, beside serving: its poisoning defense's shadow encoder, and its
-embedding API started with an account for the attacker.
+"""What the provider does for an experiment, beside serving: its poisoning defense's shadow encoder, the mean
+feature its coverage-measuring defenses hash around, and its embedding API started with accounts for the
+attacker.
 
 The shadow stolen encoder of StolenEncoder §VII-C is the provider's own copy of its target, stolen with the
 attacker's settings (the poisoning defense's distance, λ and augmentations) from the provider's pre-training
@@ -12,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from encsteal.attacks import ATTACKS
 from encsteal.checkpoint import file_digest, load_encoder, provenance, reusable, save_encoder
 from encsteal.config import AttackConfig
 from encsteal.data.surrogate import draw, pretraining_images
+from encsteal.defenses.coverage import PRETRAINING, CoverageSettings, feature_mean
 from encsteal.defenses.poisoning import PoisoningConfig
 from encsteal.service.ledger import Ledger
 from encsteal.service.server import ServeSettings, ServerProcess
@@ -62,6 +64,35 @@ def with_shadow(poisoning: PoisoningConfig, attack: AttackConfig, target_path: P
     return poisoning.model_copy(update={"shadow": path})
 
 
+CENTER_IMAGES = 5000
+"""Pre-training images the mean feature is computed over."""
+
+
+def with_center(config: CoverageSettings, target_path: Path, *, data_root: Path, image_size: int,
+                device: torch.device, batch_size: int) -> CoverageSettings:
+    """`config` with `center: pretraining` replaced by the file of the target's mean feature over (up to 5,000 of)
+    its pre-training images, kept beside the target (computed once, then reused)."""
+    if config.center != PRETRAINING:
+        return config
+    path = target_path.parent / f"feature-mean-{file_digest(target_path)[:12]}.npy"
+    if not path.exists():
+        import numpy as np
+
+        encoder, meta = load_encoder(target_path, device)
+        data = meta.get("pretraining_data")
+        if data is None:
+            raise ValueError(f"{target_path} does not record its pre-training data: give the defense's center as a "
+                             ".npy file of the mean feature vector")
+        images = pretraining_images(data["dataset"], data["split"], data.get("limit"), data["seed"], root=data_root,
+                                    image_size=image_size)
+        images = images[draw(min(CENTER_IMAGES, len(images)), len(images), data["seed"] + 7)]
+        target = LocalTarget(encoder, image_size=image_size, device=device, batch_size=batch_size)
+        temporary = path.with_suffix(".tmp.npy")
+        np.save(temporary, feature_mean(target.embed, images, batch_size))
+        os.replace(temporary, path)
+    return config.model_copy(update={"center": path})
+
+
 def write_private(path: Path, text: str) -> None:
     """Create `path` readable and writable by its owner alone (mode 0600 from the start, never wider) and
     write `text` into it; an existing file is an error."""
@@ -71,10 +102,16 @@ def write_private(path: Path, text: str) -> None:
 
 
 @contextmanager
-def served(settings: ServeSettings, key_file: Path, price: float) -> Iterator[tuple[str, str]]:
-    """The provider's API in a child process on 127.0.0.1; yields (its URL, an API key). The key is of an account
-    `attacker` opened at `price` per query on the first call and kept in `key_file` (mode 0600) for the next."""
-    if not key_file.exists():
-        write_private(key_file, Ledger(settings.db).create_account("attacker", price=price) + "\n")
+def served(settings: ServeSettings, key_file: Path, price: float,
+           accounts: Sequence[str] = ("attacker",)) -> Iterator[tuple[str, list[str]]]:
+    """The provider's API in a child process on 127.0.0.1; yields (its URL, an API key per account). Each key is of
+    an account (`attacker`, or the sybils' names given) opened at `price` per query on the first call and kept
+    in `key_file` (mode 0600; `key_file-NAME` for the accounts after the first) for the next."""
+    keys = []
+    for index, name in enumerate(accounts):
+        path = key_file if index == 0 else key_file.with_name(f"{key_file.name}-{name}")
+        if not path.exists():
+            write_private(path, Ledger(settings.db).create_account(name, price=price) + "\n")
+        keys.append(path.read_text().strip())
     with ServerProcess(settings) as server:
-        yield server.url, key_file.read_text().strip()
+        yield server.url, keys

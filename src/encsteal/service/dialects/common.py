@@ -77,7 +77,7 @@ ERRORS = {400: ("invalid_request_error", "invalid_request"), 401: ("invalid_requ
           404: ("invalid_request_error", "model_not_found"), 405: ("invalid_request_error", "method_not_allowed"),
           409: ("conflict_error", "request_in_progress"), 413: ("invalid_request_error", "request_too_large"),
           415: ("invalid_request_error", "unsupported_media_type"), 422: ("invalid_request_error", "invalid_input"),
-          429: ("requests", "rate_limit_exceeded")}
+          428: ("invalid_request_error", "proof_of_work_required"), 429: ("requests", "rate_limit_exceeded")}
 """status -> (error.type, error.code), after OpenAI's (429 `requests`/`rate_limit_exceeded`, 401 `invalid_api_key`)."""
 RETRIED = {408, 409, 429}
 """Statuses worth repeating (and 5xx): `x-should-retry: true`; every other refusal says `false`."""

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from encsteal.service import codec, ratelimit
 from encsteal.service.dialects import cohere, openai
 from encsteal.service.dialects.common import FieldRefused, ServedModel, compatible_errors, refused
-from encsteal.service.ledger import Account, Ledger
+from encsteal.service.ledger import Account
 
 SHAPES = ("images", "input", "messages")
 """The keys that tell the JSON bodies of POST /v1/embeddings apart: exactly one is present."""
@@ -32,13 +32,17 @@ class Endpoints:
 
     model: ServedModel
     limits: codec.Limits
-    ledger: Ledger
+    admit: Callable[[Account], dict[str, str]]
+    """Takes one request from the account's rate (and refuses a flagged account): its rate-limit headers."""
     bearer: HTTPBearer
     account_of: Callable[[HTTPAuthorizationCredentials | None], Account]
     read_body: Callable[[Request], Awaitable[bytes]]
     idempotency_key_of: Callable[[Request], str | None]
     serve_request: Callable[..., tuple[np.ndarray, int, int | None]]
-    """(account, body, content_type, idempotency_key, parsed=request) -> (features, billed, quota left)."""
+    """(account, body, content_type, idempotency_key, parsed=request, pow_headers=...) -> (features, billed,
+    quota left)."""
+    pow_headers_of: Callable[[Request], tuple[str | None, str | None]]
+    """The proof-of-work challenge and nonce a request carries (the `pow` defense)."""
 
 
 def parse_embeddings(body: bytes, content_type: str, limits: codec.Limits, model: ServedModel) -> codec.ParsedRequest:
@@ -96,10 +100,11 @@ def register(app: FastAPI, endpoints: Endpoints) -> None:
                        credentials: HTTPAuthorizationCredentials | None = Security(endpoints.bearer)) -> Response:
         key = endpoints.idempotency_key_of(request)
         account = await run_in_threadpool(endpoints.account_of, credentials)
-        headers = await run_in_threadpool(ratelimit.admit, endpoints.ledger, account)
+        headers = await run_in_threadpool(endpoints.admit, account)
         body = await endpoints.read_body(request)
         content_type = request.headers.get("content-type", "")
         parsed = await run_in_threadpool(parse_cohere, body, content_type, limits, model)
         features, billed, remaining = await run_in_threadpool(
-            endpoints.serve_request, account, body, content_type, key, parsed=parsed)
+            endpoints.serve_request, account, body, content_type, key, parsed=parsed,
+            pow_headers=endpoints.pow_headers_of(request))
         return cohere.answer(parsed, features, billed, remaining, billed * account.price_micros, headers)

@@ -55,6 +55,7 @@ class WireTarget(HttpTarget):
         self.unit = wire.unit
         self.cost: Decimal | None = None
         """Money, where the service reports it."""
+        self.proof_of_work, self.pow_seconds, self.pow_hashes = False, 0.0, 0  # other services ask for no puzzles
         if wire.model is None:
             try:
                 wire.model = wire.discover_model(self.client)
