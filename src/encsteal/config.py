@@ -47,9 +47,15 @@ def _architecture(value: str) -> str:
 
 
 def _dataset(value: str | None) -> str | None:
-    from encsteal.data import DATASETS
+    """A registered dataset name, or folder:PATH (a folder of PNG/JPEG images, encsteal.data.folder)."""
+    from encsteal.data import DatasetError, dataset_source
 
-    return value if value is None else _one_of(value, DATASETS, "dataset")
+    if value is not None:
+        try:
+            dataset_source(value)
+        except DatasetError as exc:
+            raise ValueError(str(exc)) from None
+    return value
 
 
 def _augmentations(value: list[str]) -> list[str]:
@@ -62,7 +68,8 @@ def _augmentations(value: list[str]) -> list[str]:
 
 class DataConfig(Section):
     root: Path | None = None
-    """Folder holding torchvision-layout datasets (CIFAR10/, STL10/, ...); default: $ENCSTEAL_DATA, then ./data."""
+    """Folder holding torchvision-layout datasets (CIFAR10/, STL10/, ...) and the relative paths of folder:PATH
+    datasets; default: $ENCSTEAL_DATA, then ./data."""
     image_size: int = Field(32, ge=8)
     """Every image is resized to image_size x image_size and held as uint8 with 3 channels."""
 
