@@ -176,6 +176,9 @@ def share(config: Config, runs_dir: Path, share_queries: bool) -> Config:
         update["query_cache"] = runs_dir / "caches" / f"{_digest(identity)}.sqlite"
     if update:
         config = config.model_copy(update={"target": config.target.model_copy(update=update)})
+    if config.attack.pool_simclr.epochs and config.attack.pool_simclr.cache is None:  # one per pool, recipe and seed
+        pool_simclr = config.attack.pool_simclr.model_copy(update={"cache": runs_dir / "caches" / "pool-encoders"})
+        config = config.model_copy(update={"attack": config.attack.model_copy(update={"pool_simclr": pool_simclr})})
     if config.evaluate.probe_cache is None:  # R's random inits (and an undefended target) are probed once per sweep
         config = config.model_copy(update={"evaluate": config.evaluate.model_copy(
             update={"probe_cache": runs_dir / "caches" / "probes.sqlite"})})
