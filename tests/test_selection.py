@@ -65,6 +65,7 @@ def test_kmeans_finds_separated_blobs_and_shares_fill_the_smaller_groups_first()
     assert all(len(set(assignment[labels == blob].tolist())) == 1 for blob in range(3))
     assert len(set(assignment.tolist())) == 3
     assert equal_shares([10, 2, 10], 12) == [5, 2, 5] and equal_shares([1, 1], 5) == [1, 1]
+    assert equal_shares([90, 6, 30], 20) == [7, 6, 7] and equal_shares([50, 50, 50], 10) == [3, 3, 4]
 
 
 def test_uncertainty_buys_the_highest_scores_not_yet_bought():

@@ -102,18 +102,15 @@ def kmeans(points: torch.Tensor, clusters: int, generator: torch.Generator,
 
 
 def equal_shares(sizes: list[int], count: int) -> list[int]:
-    """`count` split over groups of the given sizes as equally as the sizes allow (water-filling): no share above
-    its group's size, the smaller groups filled first."""
+    """`count` split over groups of the given sizes as equally as the sizes allow: from the smallest group up,
+    each takes an equal part of what is left (at most its size), so what a small group cannot take goes to the
+    larger ones."""
     shares = [0] * len(sizes)
     left = count
-    open_groups = [g for g in range(len(sizes)) if sizes[g] > 0]
-    while left > 0 and open_groups:
-        each, extra = divmod(left, len(open_groups))
-        for rank, group in enumerate(open_groups):
-            add = min(each + (1 if rank < extra else 0), sizes[group] - shares[group])
-            shares[group] += add
-            left -= add
-        open_groups = [g for g in open_groups if shares[g] < sizes[g]]
+    order = sorted(range(len(sizes)), key=lambda g: sizes[g])
+    for rank, group in enumerate(order):
+        shares[group] = min(sizes[group], left // (len(order) - rank))
+        left -= shares[group]
     return shares
 
 
