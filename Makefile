@@ -44,7 +44,7 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-bench: setup  # the README's Speed table
+bench: setup  # the Speed table in docs/speed.md
 	$(BIN)/python benchmarks/augmentation.py --batch 512
 	$(BIN)/python benchmarks/throughput.py --precisions fp32,bf16 --repeats 3
 

@@ -31,7 +31,7 @@ from encsteal.pretrain import pretrain_simclr
 from encsteal.target import LocalTarget
 from encsteal.training import TrainContext, channels_last, keep_freed_memory
 
-# the demo's encoder, ResNet18 with both stems the fmnist-bench presets use, and the paper's copy: the README's Speed table
+# the demo's encoder, ResNet18 with both stems the fmnist-bench presets use, and the paper's copy: the Speed table in docs/speed.md
 DEFAULT_ARCHS = "small_cnn:imagenet,resnet18:imagenet,resnet18:half,resnet34:imagenet"
 
 

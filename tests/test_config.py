@@ -123,6 +123,23 @@ def test_unknown_registry_names_are_caught_when_reading_the_config(override, key
         load_config("demo", [override])
 
 
+def test_the_config_names_exactly_the_registered_attacks_and_pretrainers():
+    # the config names them instead of importing them, since both registries read the config
+    from encsteal.attacks import ATTACKS
+    from encsteal.config import ATTACK_NAMES, PRETRAIN_METHODS
+    from encsteal.pretrain import PRETRAINERS
+
+    assert tuple(ATTACKS) == ATTACK_NAMES
+    assert tuple(PRETRAINERS) == PRETRAIN_METHODS
+
+
+def test_the_config_names_exactly_the_registered_selections():
+    from encsteal.attacks.selection import SELECTIONS
+    from encsteal.config import EMBEDDING_SELECTIONS, SELECTION_NAMES
+
+    assert tuple(SELECTIONS) == SELECTION_NAMES and set(EMBEDDING_SELECTIONS) <= set(SELECTIONS)
+
+
 @pytest.mark.parametrize("device, message", [("gpu9", "is not a device"), ("cuda", "no CUDA device")])
 def test_unusable_device_is_a_clear_error(device, message):
     import torch

@@ -1,4 +1,4 @@
-"""encsteal's command line: `encsteal demo | run | pretrain | steal | evaluate | sweep | report | serve | accounts | presets | config`.
+"""encsteal's command line: `encsteal demo | run | pretrain | steal | evaluate | sweep | report | tables | serve | accounts | presets | config`.
 
 Every command takes a preset (a YAML file or a shipped name such as `demo` or `fmnist-bench/target`) and
 `key=value` overrides, e.g. `encsteal run demo attack.epochs=20 surrogate.size=2%`.
@@ -14,8 +14,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from encsteal.config import Config, ConfigError, dump_config, load_config, presets_dir
-from encsteal.errors import EncstealError
+from encsteal.config import Config, dump_config, load_config, presets_dir
+from encsteal.errors import ConfigError, EncstealError
+from encsteal.experiments.rows import WEAK, cell, task_row
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Steal and defend pre-trained encoders served as a service.")
 console = Console()
@@ -42,28 +43,19 @@ def _guard(action):
         raise typer.Exit(130) from None
 
 
-def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.2f}"
+RESULT_COLUMNS = {"TA": "TA", "SA": "SA", "SA_over_TA": "SA/TA", "R_spread": "R", "G": "G", "cosine": "cos"}
 
 
 def print_results(results: dict) -> None:
     table = Table(title=f"{results['name']}: {results['attack']['name']} with {results['queries']} queries")
     longest = max((len(name) for name in results["downstream"]), default=10)
     table.add_column("downstream", justify="left", no_wrap=True, min_width=longest)
-    for column in ("TA", "SA", "SA/TA", "R", "G", "cos"):
-        table.add_column(column, justify="right", no_wrap=True)
-    weak_tasks = []
-    for name, row in results["downstream"].items():
-        fid = (row.get("fidelity") or {}).get("cosine")
-        gain = "–" if row["gain_captured"] is None else f"{row['gain_captured']:.2f}"
-        if row["TA"] is not None and not row["gain_meaningful"]:
-            weak_tasks.append(name)
-            gain += " ⚠"
-        table.add_row(
-            name, _pct(row["TA"]), _pct(row["SA"]), "–" if row["SA_over_TA"] is None else f"{row['SA_over_TA']:.3f}",
-            _pct(row["R"]) + ("" if row.get("R_std") is None else f" ± {100 * row['R_std']:.1f}"), gain,
-            "–" if fid is None else f"{fid:.3f}",
-        )
+    for header in RESULT_COLUMNS.values():
+        table.add_column(header, justify="right", no_wrap=True)
+    rows = [task_row(results, task) for task in results["downstream"]]
+    for row in rows:
+        table.add_row(row["task"], *(cell(row, column) for column in RESULT_COLUMNS))
+    weak_tasks = [row["task"] for row in rows if WEAK in cell(row, "G")]
     console.print(table)
     console.print("G = (SA − R)/(TA − R): the share of the target's gain over a random encoder that the copy captured; "
                   "cos: mean cosine similarity of target and stolen features.")
@@ -289,6 +281,21 @@ def report(
         return report_sweep(grid, spec, rows, x=x, series=series, out_dir=out)
 
     console.print(f"report: {_guard(write)}")
+
+
+@app.command()
+def tables(
+    pages: Annotated[Optional[list[Path]], typer.Argument(help="Markdown pages (default: README.md and docs/**/*.md).")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Rewrite nothing; exit 1 if a table differs from its source.")] = False,
+) -> None:
+    """Regenerate the results tables in Markdown pages from the CSV/JSON files their markers name."""
+    from encsteal.experiments.doc_tables import pages as all_pages, update
+
+    stale = _guard(lambda: update(pages or all_pages(Path(".")), write=not check))
+    for path in stale:
+        console.print(f"{'differs from its sources' if check else 'regenerated'}: {path}")
+    if check and stale:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -17,13 +17,22 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from encsteal.augment import COLOR_STRENGTH, CROP_SCALE, MAX_COLOR_STRENGTH
-from encsteal.defenses import DefenseConfig
-from encsteal.errors import EncstealError
+from encsteal.augment import AUGMENTATIONS, COLOR_STRENGTH, CROP_SCALE, MAX_COLOR_STRENGTH
+from encsteal.data import DatasetError, dataset_source
+from encsteal.defenses import DEFENSES, DefenseConfig
+from encsteal.errors import ConfigError  # also encsteal.config.ConfigError, where users have always found it
+from encsteal.losses import STEALING_LOSSES
+from encsteal.models import ARCHITECTURES
 
-
-class ConfigError(EncstealError, ValueError):
-    """A config that cannot be used; the message names the key and says what to do."""
+PRETRAIN_METHODS = ("simclr", "moco")
+"""The names in encsteal.pretrain.PRETRAINERS, and ATTACK_NAMES those in encsteal.attacks.ATTACKS. The pre-trainers
+and attacks read this config, so it names them instead of importing them (the stairs go one way); a test keeps
+each registry and its names equal."""
+ATTACK_NAMES = ("stolenencoder", "stolenencoder-query-aug", "surrogate-pretrain", "rda")
+SELECTION_NAMES = ("random", "k-center", "clusters", "uncertainty")
+"""The names in encsteal.attacks.selection.SELECTIONS; EMBEDDING_SELECTIONS need the attacker's SimCLR encoder of
+its pool."""
+EMBEDDING_SELECTIONS = ("k-center", "clusters")
 
 
 class Section(BaseModel):
@@ -37,19 +46,14 @@ def _one_of(value: str, registry: dict, what: str) -> str:
 
 
 # Registry names are checked when the config is read, not an hour later when a stage first needs them.
-# (The registries are imported lazily: their modules import this one.)
 
 
 def _architecture(value: str) -> str:
-    from encsteal.models import ARCHITECTURES
-
     return _one_of(value, ARCHITECTURES, "architecture")
 
 
 def _dataset(value: str | None) -> str | None:
     """A registered dataset name, or folder:PATH (a folder of PNG/JPEG images, encsteal.data.folder)."""
-    from encsteal.data import DatasetError, dataset_source
-
     if value is not None:
         try:
             dataset_source(value)
@@ -58,9 +62,19 @@ def _dataset(value: str | None) -> str | None:
     return value
 
 
-def _augmentations(value: list[str]) -> list[str]:
-    from encsteal.augment import AUGMENTATIONS
+def _pretrain_method(value: str) -> str:
+    return _one_of(value, PRETRAIN_METHODS, "pre-training method")
 
+
+def _attack(value: str) -> str:
+    return _one_of(value, ATTACK_NAMES, "attack")
+
+
+def _stealing_loss(value: str) -> str:
+    return _one_of(value, STEALING_LOSSES, "stealing loss")
+
+
+def _augmentations(value: list[str]) -> list[str]:
     for name in value:
         _one_of(name, AUGMENTATIONS, "augmentation")
     return value
@@ -123,13 +137,7 @@ class PretrainConfig(Section):
     moco_queue: int = Field(4096, ge=1)
     moco_momentum: float = Field(0.99, ge=0, lt=1)
 
-    @field_validator("method")
-    @classmethod
-    def _check_method(cls, value: str) -> str:
-        from encsteal.pretrain import PRETRAINERS
-
-        return _one_of(value, PRETRAINERS, "pre-training method")
-
+    _check_method = field_validator("method")(_pretrain_method)
     _check_arch = field_validator("arch")(_architecture)
     _check_dataset = field_validator("dataset")(_dataset)
     _check_augment = field_validator("augment")(_augmentations)
@@ -233,9 +241,7 @@ class SurrogateConfig(Section):
     @field_validator("selection")
     @classmethod
     def _check_selection(cls, value: str) -> str:
-        from encsteal.attacks.selection import SELECTIONS
-
-        return _one_of(value, SELECTIONS, "selection")
+        return _one_of(value, SELECTION_NAMES, "selection")
 
     @field_validator("size", "pool")
     @classmethod
@@ -374,20 +380,8 @@ class AttackConfig(Section):
 
     _check_crop_scales = field_validator("crop_scale", "bought_crop_scale")(_crop_scale)
 
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, value: str) -> str:
-        from encsteal.attacks import ATTACKS
-
-        return _one_of(value, ATTACKS, "attack")
-
-    @field_validator("loss")
-    @classmethod
-    def _check_loss(cls, value: str) -> str:
-        from encsteal.losses import STEALING_LOSSES
-
-        return _one_of(value, STEALING_LOSSES, "stealing loss")
-
+    _check_name = field_validator("name")(_attack)
+    _check_loss = field_validator("loss")(_stealing_loss)
     _check_arch = field_validator("arch")(_architecture)
     _check_augment = field_validator("augment", "bought_augment")(_augmentations)
 
@@ -497,8 +491,6 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _check_pool_encoder(self) -> Config:
-        from encsteal.attacks.selection import EMBEDDING_SELECTIONS
-
         needs = [f"surrogate.selection={self.surrogate.selection}"] if self.surrogate.selection in EMBEDDING_SELECTIONS else []
         needs += ["attack.init=pool-simclr"] if self.attack.init == "pool-simclr" else []
         if needs and self.attack.pool_simclr.epochs == 0:
@@ -582,17 +574,11 @@ def _section_of(annotation: Any) -> Any:
     return found.pop() if len(found) == 1 else None
 
 
-def _defense_names() -> set[str]:
-    from encsteal.defenses import DEFENSES
-
-    return set(DEFENSES)
-
-
 def _explain(exc: ValidationError, source: str) -> ConfigError:
     lines = []
     for error in exc.errors():
         # (the defenses' union adds its tag, e.g. 'top-k', to the location: leave it out)
-        key = ".".join(str(part) for part in error["loc"] if part not in _defense_names()) or "(top level)"
+        key = ".".join(str(part) for part in error["loc"] if part not in DEFENSES) or "(top level)"
         if error["type"] == "extra_forbidden":
             lines.append(f"unknown config key '{key}'")
         else:

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
-from encsteal.config import ConfigError
+from encsteal.errors import ConfigError
 
 
 @dataclass(frozen=True)

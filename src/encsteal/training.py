@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from encsteal.config import ConfigError
+from encsteal.errors import ConfigError
 from encsteal.distributed import SINGLE, Dist
 from encsteal.progress import progress_bar
 

@@ -27,6 +27,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from encsteal.config import EMBEDDING_SELECTIONS  # the selections that need the attacker's SimCLR embedding of its pool
+
 MAX_CLUSTERS = 100
 KMEANS_ITERATIONS = 30
 
@@ -150,8 +152,6 @@ SELECTIONS: dict[str, Callable[..., torch.Tensor]] = {
 """name -> select(count, pool size, *, chosen, embeddings, scores, seed) -> positions in the pool; each uses the
 inputs its docstring names (every selection takes the same ones, so that callers treat them alike)."""
 
-EMBEDDING_SELECTIONS = {"k-center", "clusters"}
-"""Selections that need the attacker's SimCLR embedding of its pool (attack.pool_simclr)."""
 
 __all__ = ["EMBEDDING_SELECTIONS", "MAX_CLUSTERS", "SELECTIONS", "clusters", "equal_shares", "k_center", "kmeans",
            "random_selection", "uncertainty"]

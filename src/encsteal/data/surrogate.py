@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
-from encsteal.config import ConfigError, SurrogateConfig
+from encsteal.config import SurrogateConfig
 from encsteal.data import load_dataset
+from encsteal.errors import ConfigError
 
 
 def draw(count: int, available: int, seed: int) -> torch.Tensor:

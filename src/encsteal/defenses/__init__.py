@@ -13,6 +13,7 @@ import hmac
 import json
 import re
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Union
 
@@ -22,8 +23,8 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from encsteal.defenses.noise import GaussianNoise, NoiseConfig
 from encsteal.defenses.poisoning import FeaturePoisoning, PoisoningConfig
-from encsteal.defenses.rounding import Rounding, RoundingConfig
-from encsteal.defenses.topk import TopK, TopKConfig
+from encsteal.defenses.rounding import RoundingConfig, rounding
+from encsteal.defenses.topk import TopKConfig, top_k
 
 Defense = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -41,10 +42,10 @@ _adapter = TypeAdapter(DefenseConfig)
 
 
 def build_defense(config, device: torch.device, image_size: int) -> Defense:
-    if isinstance(config, TopKConfig):
-        return TopK(config)
+    if isinstance(config, TopKConfig):  # stateless: the function with its settings bound
+        return partial(top_k, config)
     if isinstance(config, RoundingConfig):
-        return Rounding(config)
+        return partial(rounding, config)
     if isinstance(config, NoiseConfig):
         return GaussianNoise(config)
     if isinstance(config, PoisoningConfig):

@@ -13,13 +13,13 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from encsteal.defenses.seeding import image_seeds
+from encsteal.defenses.settings import DefenseSettings
 
 
-class NoiseConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class NoiseConfig(DefenseSettings):
     name: Literal["noise"] = "noise"
     sigma: float = Field(gt=0)
     secret: int = Field(0, ge=-(2**63), lt=2**63)

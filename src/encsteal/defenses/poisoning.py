@@ -14,15 +14,15 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from encsteal.augment import build_augmentation
 from encsteal.defenses.seeding import image_seeds
+from encsteal.defenses.settings import DefenseSettings
 from encsteal.losses import DISTANCES
 
 
-class PoisoningConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class PoisoningConfig(DefenseSettings):
     name: Literal["poisoning"] = "poisoning"
     epsilon: float = Field(gt=0)
     """Bound on ‖δ‖_p (the paper: 1-10 for p = 2, 0.01-0.1 for p = ∞)."""

@@ -5,18 +5,15 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from encsteal.defenses.settings import DefenseSettings
 
 
-class RoundingConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class RoundingConfig(DefenseSettings):
     name: Literal["rounding"] = "rounding"
     decimals: int = Field(ge=0)
 
 
-class Rounding:
-    def __init__(self, config: RoundingConfig) -> None:
-        self.decimals = config.decimals
-
-    def __call__(self, images: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        return torch.round(features, decimals=self.decimals)
+def rounding(config: RoundingConfig, images: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    return torch.round(features, decimals=config.decimals)

@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from encsteal.config import Config, ConfigError
+from encsteal.config import Config
+from encsteal.errors import ConfigError
 from encsteal.experiments.sweep import Outcome, PlannedRun, ensure_target, execute
 
 CLUSTERS = ("auto", "slurm", "local", "debug")

@@ -11,36 +11,19 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from encsteal.evaluate import MIN_MEANINGFUL_GAIN  # noqa: E402
+from encsteal.experiments.rows import cell, num, task_row  # noqa: E402
 
-
-def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.2f}"
-
-
-def _num(value: float | None, digits: int = 2) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
-
-
-def _random(row: dict) -> str:
-    spread = row.get("R_std")
-    return _pct(row["R"]) + ("" if spread is None else f" ± {100 * spread:.2f}")
+TABLE_COLUMNS = {"TA": "TA (%)", "SA": "SA (%)", "SA_over_TA": "SA/TA", "R_spread": "R (%)", "G": "G = (SA−R)/(TA−R)",
+                 "cosine": "fidelity cos", "l2": "fidelity ℓ2", "cka": "CKA", "knn_agree": "20-NN agree (%)"}
 
 
 def results_table(results: dict) -> str:
     """The Markdown table: one row per downstream task."""
-    lines = [
-        "| downstream | TA (%) | SA (%) | SA/TA | R (%) | G = (SA−R)/(TA−R) | fidelity cos | fidelity ℓ2 | CKA | "
-        "20-NN agree (%) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, row in results["downstream"].items():
-        fid = row.get("fidelity") or {}
-        gain = _num(row["gain_captured"]) + ("" if row["gain_meaningful"] else " ⚠")
-        lines.append(
-            f"| {name} | {_pct(row['TA'])} | {_pct(row['SA'])} | {_num(row['SA_over_TA'], 3)} | {_random(row)} | "
-            f"{gain} | {_num(fid.get('cosine'), 3)} | {_num(fid.get('l2'), 3)} | {_num(fid.get('cka'), 3)} | "
-            f"{_pct(fid.get('knn_agree'))} |"
-        )
+    lines = ["| downstream | " + " | ".join(TABLE_COLUMNS.values()) + " |",
+             "|---|" + "---:|" * len(TABLE_COLUMNS)]
+    for task in results["downstream"]:
+        row = task_row(results, task)
+        lines.append(f"| {task} | " + " | ".join(cell(row, column) for column in TABLE_COLUMNS) + " |")
     return "\n".join(lines)
 
 
@@ -128,10 +111,10 @@ def write_report(results: dict, run_dir: Path) -> Path:
         "| cost | value |",
         "|---|---:|",
         f"| queries | {results['queries']} |",
-        f"| cost (provider's currency) | {_num(results.get('cost'), 4)} |",
-        f"| pre-training wall time (s) | {_num(results['pretrain_seconds'], 1)} |",
-        f"| stealing wall time (s) | {_num(results['steal_seconds'], 1)} |",
-        f"| evaluation wall time (s) | {_num(results['evaluate_seconds'], 1)} |",
+        f"| cost (provider's currency) | {num(results.get('cost'), 4)} |",
+        f"| pre-training wall time (s) | {num(results['pretrain_seconds'], 1)} |",
+        f"| stealing wall time (s) | {num(results['steal_seconds'], 1)} |",
+        f"| evaluation wall time (s) | {num(results['evaluate_seconds'], 1)} |",
         f"| device | {results['device']} |",
         "",
         f"![summary]({plot.name})",

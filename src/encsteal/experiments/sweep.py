@@ -48,9 +48,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from encsteal.checkpoint import file_digest
-from encsteal.config import Config, ConfigError, dump_config, load_config
+from encsteal.config import Config, dump_config, load_config
 from encsteal.defenses.poisoning import PoisoningConfig
-from encsteal.errors import EncstealError
+from encsteal.errors import ConfigError, EncstealError
 from encsteal.service.provider import shadow_recipe
 
 
@@ -60,6 +60,17 @@ class ReportSpec(BaseModel):
     """What goes on the plots' x axis: `queries` or a dotted config key (default: the first numeric grid key)."""
     series: str | None = None
     """A dotted config key: one line per value (default: the next grid key)."""
+
+
+class Published(BaseModel):
+    """A paper's figures (%) for one row and downstream task of its table."""
+
+    model_config = ConfigDict(extra="forbid")
+    TA: float | None = None
+    SA: float | None = None
+    label: str | None = None
+    """The paper's row and task as the paper names them (`k = 512, GTSRB`; `MNIST, all 70,000 digits`), where they
+    differ from the run's id and our task; the report shows it beside ours."""
 
 
 class SweepSpec(BaseModel):
@@ -73,9 +84,14 @@ class SweepSpec(BaseModel):
     share_queries: bool = True
     runs_dir: Path | None = None
     report: ReportSpec = ReportSpec()
-    paper: dict[str, dict[str, dict[Literal["TA", "SA"], float]]] = Field(default_factory=lambda: {})
-    """Published figures (%) where the sweep mirrors a paper's table: run id -> task -> {TA, SA}; the report
-    puts them beside ours."""
+    paper: dict[str, dict[str, Published]] = Field(default_factory=lambda: {})
+    """Published figures where the sweep mirrors a paper's table: run id -> task -> {TA, SA, label}; the report
+    puts them beside ours on the run's task of that name, else on its first task (a CPU twin on other data)."""
+
+    def published(self) -> dict[str, dict[str, dict]]:
+        """`paper` as plain dicts, without the figures the paper does not give."""
+        return {run: {task: figures.model_dump(exclude_none=True) for task, figures in tasks.items()}
+                for run, tasks in self.paper.items()}
     paper_hours: dict[str, dict[Literal["pretrain", "steal"], float]] = Field(default_factory=lambda: {})
     """Published training times (hours) where the sweep mirrors a compute table (StolenEncoder Table III):
     run id -> {pretrain, steal}; the report's compute table puts them beside ours."""
@@ -319,7 +335,7 @@ def report_sweep(path: Path, spec: SweepSpec, rows: list[dict], x: str | None = 
 
     return write_sweep_report(rows, out_dir or spec.runs_dir_for(path), title=f"sweep {path.name}",
                               grid_keys=list(spec.grid), x=x or spec.report.x, series=series or spec.report.series,
-                              paper=spec.paper, paper_hours=spec.paper_hours, seeds=bool(spec.seeds),
+                              paper=spec.published(), paper_hours=spec.paper_hours, seeds=bool(spec.seeds),
                               wall_seconds=sum(row["seconds"] or 0 for row in rows))
 
 

@@ -25,9 +25,10 @@ import yaml
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from encsteal.config import ConfigError  # noqa: E402
+from encsteal.errors import ConfigError  # noqa: E402
 from encsteal.evaluate import MIN_MEANINGFUL_GAIN  # noqa: E402
 from encsteal.experiments.report import accuracy_bars  # noqa: E402
+from encsteal.experiments.rows import cell, num, pct, task_row  # noqa: E402
 
 COLUMNS = ("run", "task", "TA", "SA", "R", "R_std", "SA_over_TA", "G", "cosine", "l2", "cka", "knn_agree",
            "queries", "cost", "pretrain_seconds", "steal_seconds")
@@ -63,16 +64,8 @@ def records(rows: list[dict]) -> list[dict]:
             continue
         results = json.loads(row["results"])
         config = yaml.safe_load(row["config"])
-        for task, r in results["downstream"].items():
-            fidelity = r.get("fidelity") or {}
-            out.append({"run": row["id"], "task": task, "TA": r["TA"], "SA": r["SA"], "R": r["R"],
-                        "R_std": r.get("R_std"), "SA_over_TA": r["SA_over_TA"], "G": r["gain_captured"],
-                        "G_meaningful": r.get("gain_meaningful", True),
-                        **{k: fidelity.get(k) for k in ("cosine", "l2", "cka", "knn_agree")},
-                        "queries": results["queries"], "cost": results.get("cost"),
-                        "pretrain_seconds": results.get("pretrain_seconds"),
-                        "steal_seconds": results.get("steal_seconds"), "device": results.get("device"),
-                        "config": config})
+        for task in results["downstream"]:
+            out.append({"run": row["id"], **task_row(results, task), "device": results.get("device"), "config": config})
     return out
 
 
@@ -126,51 +119,25 @@ def write_csv(recs: list[dict], path: Path, extra: list[str], seeded: bool = Fal
     return path
 
 
-def _pct(value) -> str:
-    return "–" if value is None else f"{100 * value:.2f}"
-
-
-def _num(value, digits: int) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
-
-
-def _with_interval(rec: dict, measure: str, show) -> str:
-    """`show(mean)`, and ` ± show(half-width)` where the record is over seeds and has one."""
-    half = rec.get(f"{measure}_ci95")
-    return show(rec[measure]) + ("" if half is None else f" ± {show(half)}")
-
-
-def seeds_table(rows: list[dict], recs: list[dict]) -> str:
-    """One line per run of cases x grid and task over its seeds (`over_seeds`): mean ± 95 % interval; failed runs
-    with their error."""
-    lines = ["| run | task | seeds | TA (%) | SA (%) | R (%) | SA/TA | G | CKA | queries |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for rec in recs:
-        g = _with_interval(rec, "G", lambda v: _num(v, 2)) + ("" if rec["G_meaningful"] else " ⚠")
-        lines.append(f"| {rec['run']} | {rec['task']} | {rec['seeds']} | {_with_interval(rec, 'TA', _pct)} | "
-                     f"{_with_interval(rec, 'SA', _pct)} | {_with_interval(rec, 'R', _pct)} | "
-                     f"{_with_interval(rec, 'SA_over_TA', lambda v: _num(v, 3))} | {g} | "
-                     f"{_with_interval(rec, 'cka', lambda v: _num(v, 3))} | {_num(rec['queries'], 0)} |")
-    lines += [f"| {row['id']} | failed: {row['error']} | | | | | | | | |" for row in rows if row["status"] != "done"]
-    return "\n".join(lines)
+TABLE_COLUMNS = {"TA": "TA (%)", "SA": "SA (%)", "R": "R (%)", "SA_over_TA": "SA/TA", "G": "G", "cka": "CKA",
+                 "queries": "queries", "cost": "cost"}
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """One line per run and task; failed runs with their error."""
-    lines = ["| run | task | TA (%) | SA (%) | R (%) | SA/TA | G | CKA | queries | cost |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    by_run: dict[str, list[dict]] = {}
-    for rec in records(rows):
-        by_run.setdefault(rec["run"], []).append(rec)
-    for row in rows:
-        if row["status"] != "done":
-            lines.append(f"| {row['id']} | failed: {row['error']} | | | | | | | | |")
-            continue
-        for rec in by_run[row["id"]]:
-            lines.append(f"| {rec['run']} | {rec['task']} | {_pct(rec['TA'])} | {_pct(rec['SA'])} | {_pct(rec['R'])} | "
-                         f"{_num(rec['SA_over_TA'], 3)} | {_num(rec['G'], 2)}{'' if rec['G_meaningful'] else ' ⚠'} | "
-                         f"{_num(rec['cka'], 3)} | "
-                         f"{rec['queries']} | {_num(rec['cost'], 4)} |")
+    """One line per run and task; failed runs last, with their error."""
+    return records_table(records(rows), [row for row in rows if row["status"] != "done"])
+
+
+def records_table(recs: list[dict], failed: list[dict] = ()) -> str:
+    """The sweep's table of records (one line per run and task), then the failed runs' stored rows. A table in
+    the docs of a committed results.csv is this table too (encsteal.experiments.doc_tables). Records over seeds
+    (`over_seeds`) add the number of seeds and read mean ± 95 % interval."""
+    columns = {**({"seeds": "seeds"} if any("seeds" in rec for rec in recs) else {}), **TABLE_COLUMNS}
+    lines = ["| run | task | " + " | ".join(columns.values()) + " |", "|---|---|" + "---:|" * len(columns)]
+    for rec in recs:
+        lines.append(f"| {rec['run']} | {rec['task']} | " + " | ".join(cell(rec, c) for c in columns) + " |")
+    for row in failed:
+        lines.append(f"| {row['id']} | failed: {row['error']} |" + " |" * len(columns))
     return "\n".join(lines)
 
 
@@ -338,11 +305,13 @@ def paper_table(recs: list[dict], paper: dict) -> str:
     """The published TA and SA (%) beside ours for the runs that mirror a row of the paper's table (compare the
     trend across rows, not the values, where our task differs), and how well the two orders agree."""
     rows = _beside_paper(recs, paper)
-    lines = ["| run | paper: task | TA | SA | ours: task | TA | SA |", "|---|---|---:|---:|---|---:|---:|"]
+    lines = ["| run | paper: row, task | TA | SA | ours: task | TA | SA |", "|---|---|---:|---:|---|---:|---:|"]
     for run_id, task, published, mine, rec in rows:
-        lines.append(f"| {run_id} | {task} | {_num(published.get('TA'), 2)} | {_num(published.get('SA'), 2)} | "
-                     f"{mine or '–'} | {_pct(rec['TA'] if rec else None)} | {_pct(rec['SA'] if rec else None)} |")
-    return "\n".join([*lines, "", *_rank_agreement(rows)])
+        lines.append(f"| {run_id} | {published.get('label', task)} | {num(published.get('TA'))} | "
+                     f"{num(published.get('SA'))} | {mine or '–'} | {pct(rec['TA'] if rec else None)} | "
+                     f"{pct(rec['SA'] if rec else None)} |")
+    agreement = _rank_agreement(rows)
+    return "\n".join([*lines, *(["", *agreement] if agreement else [])])
 
 
 def _rank_agreement(rows: list[tuple[str, str, dict, str | None, dict | None]]) -> list[str]:
@@ -376,7 +345,7 @@ def compute_table(recs: list[dict], paper_hours: dict) -> str:
         published = paper_hours.get(rec["run"], {})
         p_pre, p_steal = published.get("pretrain"), published.get("steal")
         lines.append(f"| {rec['run']} | {_hours(pre)} | {_hours(steal)} | "
-                     f"{f'{pre / steal:.0f}×' if pre and steal else '–'} | {_num(p_pre, 2)} | {_num(p_steal, 2)} | "
+                     f"{f'{pre / steal:.0f}×' if pre and steal else '–'} | {num(p_pre, 2)} | {num(p_steal, 2)} | "
                      f"{f'{p_pre / p_steal:.0f}×' if p_pre and p_steal else '–'} |")
     return "\n".join(lines)
 
@@ -397,7 +366,7 @@ def write_sweep_report(rows: list[dict], out_dir: Path, *, title: str, grid_keys
         write_csv(recs, out_dir / "results-per-seed.csv", [*extra, "seed"])
         recs = over_seeds(recs)
         write_csv(recs, out_dir / "results.csv", extra, seeded=True)
-        table = seeds_table(rows, recs)
+        table = records_table(recs, [row for row in rows if row["status"] != "done"])
     else:
         write_csv(recs, out_dir / "results.csv", extra)
         table = markdown_table(rows)
