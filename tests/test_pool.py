@@ -186,10 +186,8 @@ def test_random_selection_buys_the_pools_first_images_and_hands_over_the_rest(tm
 
 
 def test_the_pool_encoder_is_trained_once_and_embeds_the_pool_for_k_center(tmp_path, monkeypatch, one_thread):
-    from encsteal import pretrain
-
-    trained, real = [], pretrain.pretrain_simclr
-    monkeypatch.setattr(pretrain, "pretrain_simclr", lambda *args: trained.append(1) or real(*args))
+    trained, real = [], pool_module.pretrain_simclr
+    monkeypatch.setattr(pool_module, "pretrain_simclr", lambda *args: trained.append(1) or real(*args))
     pool = images(24)
     attack = AttackConfig(arch="small_cnn", stem="imagenet", init="pool-simclr", pool_simclr={"epochs": 1, "batch_size": 12})
     surrogate = SurrogateConfig(dataset="natural-crops", selection="k-center")

@@ -37,6 +37,7 @@ from encsteal.config import AttackConfig, ConfigError, PretrainConfig, Surrogate
 from encsteal.losses import nt_xent
 from encsteal.models import Encoder, build_encoder
 from encsteal.models.heads import ProjectionHead
+from encsteal.pretrain import pretrain_simclr
 from encsteal.target import Target
 from encsteal.training import TrainContext, channels_last, tensor_digest, to_float_batch
 
@@ -115,8 +116,6 @@ def pool_encoder(pool: torch.Tensor, config: AttackConfig, seed: int, encoder_di
     ctx = context("pool-simclr", recipe)
     if reusable(path, recipe, "pool encoder"):
         return load_encoder(path, ctx.device)[0]
-    from encsteal.pretrain import pretrain_simclr
-
     encoder = pretrain_simclr(pool, settings, ctx)
     save_encoder(encoder, path, {"role": "pool-encoder", "recipe": recipe, "images": len(pool),
                                  "wall_seconds": ctx.seconds(), **provenance()})
