@@ -261,3 +261,18 @@ def test_a_run_with_a_pool_buys_from_it_and_keeps_all_of_it_out_of_the_test_set(
     with pytest.raises(ConfigError, match="fewer than the 4 features"):
         run_all(config_from_dict({**tree, "run_dir": str(tmp_path / "tiny"), "surrogate": {**tree["surrogate"], "size": 3}}),
                 progress=False)
+
+
+def test_a_grayscale_pool_is_gray_and_otherwise_the_same_draw(tmp_path):
+    from encsteal.data.surrogate import gray, surrogate_images
+
+    pretraining = {"dataset": "digits", "split": "train", "limit": None, "seed": 0, "count": 1000}
+    colour = SurrogateConfig(dataset="natural-crops", size=20, pool=50)
+    pool, record = surrogate_images(colour, pretraining, 0, root=tmp_path, image_size=32)
+    grey, grey_record = surrogate_images(colour.model_copy(update={"grayscale": True}), pretraining, 0, root=tmp_path,
+                                         image_size=32)
+    assert record == grey_record and len(pool) == 50 and record["images"] == 20
+    assert (grey[:, 0] == grey[:, 1]).all() and (grey[:, 1] == grey[:, 2]).all() and torch.equal(grey, gray(pool))
+    pixel = torch.tensor([200, 100, 50], dtype=torch.uint8).view(1, 3, 1, 1)
+    assert gray(pixel).flatten().tolist() == [round(0.299 * 200 + 0.587 * 100 + 0.114 * 50)] * 3
+    assert "grayscale" not in colour.recipe() and colour.model_copy(update={"grayscale": True}).recipe()["grayscale"]

@@ -231,10 +231,13 @@ class SurrogateConfig(Section):
     is kept out of its test set."""
     selection: str = "random"
     """Which images of the pool to buy (encsteal.attacks.selection): random, k-center (a coreset in the attacker's
-    own SimCLR embedding of the pool), clusters (k-means in that embedding, the image nearest each centre) or
+    own SimCLR embedding of the pool), clusters (k-means in that embedding, every cluster an equal share) or
     uncertainty (in `rounds` rounds, the pool images the copy trained so far is least sure of)."""
     rounds: int = Field(4, ge=1)
     """selection=uncertainty: buy the budget in this many equal rounds, training the copy between them."""
+    grayscale: bool = False
+    """Turn the pool's images gray (ITU-R 601 luma in all three channels) before anything else: an attacker who
+    knows the target serves grayscale images (Fashion-MNIST's) buys and trains on images of that kind."""
 
     _check_dataset = field_validator("dataset")(_dataset)
 
@@ -268,6 +271,8 @@ class SurrogateConfig(Section):
             unset.add("selection")
         if self.rounds == SurrogateConfig.model_fields["rounds"].default:
             unset.add("rounds")
+        if not self.grayscale:
+            unset.add("grayscale")
         return self.model_dump(mode="json", exclude=unset or None)
 
     @model_validator(mode="after")

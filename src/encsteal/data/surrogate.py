@@ -93,4 +93,15 @@ def surrogate_images(
     indices = pool_indices[draw(count, len(pool_indices), seed + 1)]
     record = {"scenario": config.scenario, "dataset": dataset, "split": split, "count": count, "indices": indices.tolist(),
               "budget": budget, "images": images}
-    return full[indices], record
+    pool = full[indices]
+    return (gray(pool) if config.grayscale else pool), record
+
+
+LUMA = (0.299, 0.587, 0.114)
+"""ITU-R 601's weights of R, G and B, as torchvision's and PIL's grayscale conversions use."""
+
+
+def gray(images: torch.Tensor) -> torch.Tensor:
+    """uint8 N x 3 x H x W -> the same images in gray: each pixel's luma in all three channels."""
+    luma = sum(weight * images[:, channel].float() for channel, weight in enumerate(LUMA))
+    return luma.round().clamp(0, 255).to(torch.uint8).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
