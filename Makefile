@@ -6,13 +6,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
+STAMPS_DIR := /usr/share/tuxpaint/stamps
 # torch/torchvision are pinned only here, to releases that install from a local mirror on the reference
 # machine; the package itself accepts any recent torch (see pyproject.toml).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: setup demo test bench fmnist-bench clean test-services
 
-setup: $(STAMP) fashion-mnist
+setup: $(STAMP) fashion-mnist stamps
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +37,14 @@ test-services:
 		&& command -v apt-get >/dev/null; then \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql chromium chromium-driver; \
+	fi
+
+# The `stamps` surrogate set (objects of other subjects than Fashion-MNIST's) reads Debian's tuxpaint-stamps-default;
+# elsewhere point ENCSTEAL_STAMPS_DIR at a folder of PNG images of objects on a transparent ground.
+stamps:
+	@if [ ! -d $(STAMPS_DIR) ] && command -v apt-get >/dev/null; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tuxpaint-stamps-default; \
 	fi
 
 demo: setup

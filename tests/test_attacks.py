@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from encsteal.attacks import ATTACKS
+from encsteal.attacks import ATTACKS, QUERIES_PER_IMAGE
 from encsteal.config import AttackConfig, ConfigError
 from encsteal.losses import DISTANCES
 from encsteal.models import Encoder, build_encoder
@@ -32,12 +32,14 @@ EXPECTED_QUERIES = {
     "stolenencoder": lambda n, epochs, views: n,
     "stolenencoder-query-aug": lambda n, epochs, views: n + epochs * n * views,  # (e + 1)·|D| for k = 1
     "surrogate-pretrain": lambda n, epochs, views: 0,
+    "rda": lambda n, epochs, views: n * 10,  # the clean image and 9 views per image, for its prototype
 }
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_attack_trains_and_pays_what_it_should(name, target, surrogate):
     assert set(EXPECTED_QUERIES) == set(ATTACKS), "add the new attack's query cost here"
+    assert set(QUERIES_PER_IMAGE) == set(ATTACKS), "and how many features it buys per image"
     config = AttackConfig(name=name, arch="small_cnn", epochs=2, batch_size=12, augment=["horizontal_flip", "grayscale"])
     before = target.queries
     stolen = ATTACKS[name](target, surrogate, config, ctx())
@@ -48,6 +50,8 @@ def test_attack_trains_and_pays_what_it_should(name, target, surrogate):
     assert torch.isfinite(out).all()
     if name != "surrogate-pretrain":
         assert out.shape == (2, target.feature_dim)
+    if name != "stolenencoder-query-aug":  # the budget's division: what it pays is what it says it buys per image
+        assert target.queries - before == len(surrogate) * QUERIES_PER_IMAGE[name](config) * (name != "surrogate-pretrain")
 
 
 @pytest.mark.parametrize(

@@ -141,6 +141,13 @@ def test_the_config_names_exactly_the_registered_attacks_and_pretrainers():
     assert tuple(PRETRAINERS) == PRETRAIN_METHODS
 
 
+def test_the_config_names_exactly_the_registered_selections():
+    from encsteal.attacks.selection import SELECTIONS
+    from encsteal.config import EMBEDDING_SELECTIONS, SELECTION_NAMES
+
+    assert tuple(SELECTIONS) == SELECTION_NAMES and set(EMBEDDING_SELECTIONS) <= set(SELECTIONS)
+
+
 @pytest.mark.parametrize("device, message", [("gpu9", "is not a device"), ("cuda", "no CUDA device")])
 def test_unusable_device_is_a_clear_error(device, message):
     import torch

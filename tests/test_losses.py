@@ -102,3 +102,53 @@ def test_multi_crop_nt_xent_closed_forms():
 def test_multi_crop_nt_xent_needs_two_full_crops():
     with pytest.raises(ValueError, match="exactly two full crops"):
         multi_crop_nt_xent([torch.randn(3, 4)], [torch.randn(3, 4)])
+
+
+def test_multi_relational_closed_forms():
+    import math
+
+    from encsteal.losses import multi_relational
+    from encsteal.losses.multi_relational import ALIGN_EPS
+
+    s = torch.eye(2)  # two orthogonal unit embeddings
+    # prototypes equal to them, τ = 1: each positive 1, its two negatives 0 -> L_D = log 2 − 1; L_A = log ε − log 2
+    assert multi_relational(s, s, 1.0, 1.0, 0.0).item() == pytest.approx(math.log(2) - 1)
+    assert multi_relational(s, s, 1.0, 0.0, 1.0).item() == pytest.approx(math.log(ALIGN_EPS) - math.log(2), rel=1e-5)
+    # prototypes half as long, τ = 0.5: the positive s·p/τ = 1 again, negatives 0; the distance 0.25 remains
+    half = 0.5 * s
+    assert multi_relational(3 * s, half, 0.5, 1.0, 0.0).item() == pytest.approx(math.log(2) - 1)  # s scaled to unit
+    assert multi_relational(s, half, 0.5, 0.0, 1.0).item() == pytest.approx(math.log(0.25 + ALIGN_EPS) - math.log(2))
+    assert multi_relational(s, half, 0.5, 2.0, 3.0).item() == pytest.approx(
+        2 * (math.log(2) - 1) + 3 * (math.log(0.25 + ALIGN_EPS) - math.log(2)))
+
+
+def test_multi_relational_prefers_matched_pairs_and_needs_negatives():
+    from encsteal.losses import multi_relational
+
+    g = torch.Generator().manual_seed(0)
+    p = torch.nn.functional.normalize(torch.randn(6, 8, generator=g), dim=1) * 0.9
+    matched = multi_relational(p + 0.05 * torch.randn(6, 8, generator=g), p)
+    swapped = multi_relational(p.roll(1, dims=0), p)  # each embedding on another image's prototype
+    assert matched < swapped
+    with pytest.raises(ValueError, match="at least two"):
+        multi_relational(p[:1], p[:1])
+    with pytest.raises(ValueError, match="N x D"):
+        multi_relational(p, p[:, :4])
+
+
+def test_multi_relational_falls_when_fitting_a_linear_map():
+    from encsteal.losses import multi_relational
+
+    g = torch.Generator().manual_seed(1)
+    x, truth = torch.randn(32, 8, generator=g), torch.randn(8, 8, generator=g)
+    prototypes = torch.nn.functional.normalize(x @ truth, dim=1) * 0.8
+    model = torch.nn.Linear(8, 8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(60):
+        loss = multi_relational(model(x), prototypes, 0.1)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 1.0

@@ -3,6 +3,7 @@ data: the offline datasets for real, the torchvision ones from files fabricated 
 
 import pytest
 
+from encsteal.attacks import QUERIES_PER_IMAGE
 from encsteal.config import load_config, presets_dir
 from encsteal.experiments.pipeline import run_all
 from fabricate import fabricate_all
@@ -17,9 +18,11 @@ TINY = [
 
 
 def tiny(config):
-    """Four surrogate images; every downstream task on a few images (the probe sees at most 16 of each split).
-    A pre-training-only preset (fmnist-bench/target) names no surrogate set: natural crops stand in."""
-    surrogate = config.surrogate.model_copy(update={"size": 4})
+    """Four surrogate images (bought with as many queries as the attack pays per image), the whole pool; every
+    downstream task on a few images (the probe sees at most 16 of each split). A pre-training-only preset
+    (fmnist-bench/target) names no surrogate set: natural crops stand in."""
+    surrogate = config.surrogate.model_copy(update={"size": 4 * QUERIES_PER_IMAGE[config.attack.name](config.attack),
+                                                    "pool": None})
     if surrogate.scenario == "different-distribution" and surrogate.dataset is None:
         surrogate = surrogate.model_copy(update={"dataset": "natural-crops", "split": "train"})
     tasks = [task.model_copy(update={"train_limit": 16, "test_limit": 16}) for task in config.evaluate.downstream]
@@ -34,5 +37,5 @@ def test_preset_runs_two_steps_of_every_stage(preset, tmp_path, monkeypatch, one
     root = fabricate_all(tmp_path / "data", monkeypatch)
     config = tiny(load_config(preset, [*TINY, f"data.root={root}", f"run_dir={tmp_path / 'run'}"]))
     results = run_all(config, progress=False)
-    assert results["queries"] == 4
+    assert results["queries"] == 4 * QUERIES_PER_IMAGE[config.attack.name](config.attack)
     assert all(row["SA"] is not None for row in results["downstream"].values())

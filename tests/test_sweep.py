@@ -137,3 +137,19 @@ def test_runs_whose_poisoning_shadows_differ_never_share_a_query_cache(tmp_path)
     first = cache([given])
     write_shadow(1)
     assert cache([given]) != first  # a given shadow by its weights: two files at one path are two defenses
+
+
+def test_seeds_repeat_every_run_of_cases_and_grid_once_per_seed(tmp_path):
+    path = write_sweep(tmp_path, cases={"a": {}, "b": {"attack.lam": 0}}, grid={"surrogate.size": [16, 32]},
+                       seeds=[0, 7])
+    runs = plan(read_spec(path), tmp_path / "runs")
+    assert [r.id for r in runs][:4] == ["a__size=16__seed=0", "a__size=16__seed=7", "a__size=32__seed=0",
+                                        "a__size=32__seed=7"]
+    assert len(runs) == 8 and [r.config.seed for r in runs[:2]] == [0, 7]
+    assert runs[5].config.attack.lam == 0 and runs[5].config.run_dir == tmp_path / "runs" / "b__size=16__seed=7"
+    twice = write_sweep(tmp_path, grid={"seed": [0, 1]}, seeds=[0, 1])
+    with pytest.raises(ConfigError, match="give the seeds once"):
+        plan(read_spec(twice), tmp_path / "runs")
+    repeated = write_sweep(tmp_path, seeds=[1, 1])
+    with pytest.raises(ConfigError, match="names a seed twice"):
+        plan(read_spec(repeated), tmp_path / "runs")

@@ -170,3 +170,67 @@ def test_gain_is_not_drawn_where_the_target_is_too_weak_for_it(rows, tmp_path, m
     panels = {axis.get_title(): axis for axis in drawn}
     assert len(panels["digits: captured gain G: not drawn, TA − R under 2 points"].get_lines()) == 1  # G = 1 only
     assert len(panels["fashion-mnist: captured gain G"].get_lines()) == 3  # l2, mse and G = 1
+
+
+def seeded_rows():
+    """Two runs of cases x grid (l2 and mse at 100 queries), three seeds each; digits SA 0.80, 0.82, 0.84 for l2."""
+    return [stored_row(f"{loss}__size=100__seed={seed}", loss, 100, base + 0.02 * seed)
+            for loss, base in (("l2", 0.8), ("mse", 0.7)) for seed in range(3)]
+
+
+def test_interval_is_students_t_over_the_seeds():
+    from scipy.stats import t
+
+    from encsteal.experiments.sweep_report import interval, seed_group
+
+    mean, half = interval([1.0, 2.0, 3.0])  # s = 1, n = 3
+    assert mean == pytest.approx(2.0) and half == pytest.approx(t.ppf(0.975, 2) / 3 ** 0.5)
+    assert half == pytest.approx(2.4841, abs=1e-4)
+    assert interval([0.5]) == (0.5, None)
+    assert seed_group("l2__size=100__seed=2") == "l2__size=100" and seed_group("seed=1") == "run"
+    assert seed_group("seedless__size=3") == "seedless__size=3"
+
+
+def test_a_seeded_sweep_reports_mean_and_interval_everywhere(tmp_path):
+    from scipy.stats import t
+
+    from encsteal.experiments.sweep_report import over_seeds
+
+    rows = [*seeded_rows(), {"id": "mse__size=100__seed=3", "status": "failed", "config": None, "results": None,
+                             "error": "out of memory"}]
+    recs = {(r["run"], r["task"]): r for r in over_seeds(records(rows))}
+    l2 = recs[("l2__size=100", "digits")]
+    assert l2["seeds"] == 3 and l2["SA"] == pytest.approx(0.82)
+    assert l2["SA_ci95"] == pytest.approx(t.ppf(0.975, 2) * 0.02 / 3 ** 0.5)
+    assert l2["G"] == pytest.approx((0.82 - 0.5) / 0.4) and l2["TA_ci95"] == pytest.approx(0.0)
+    report = write_sweep_report(rows, tmp_path, title="seeds", grid_keys=[], seeds=True).read_text()
+    assert f"| l2__size=100 | digits | 3 | 90.00 ± 0.00 | 82.00 ± {100 * l2['SA_ci95']:.2f} |" in report
+    assert "| mse__size=100__seed=3 | failed: out of memory |" in report and "95 % confidence interval" in report
+    with (tmp_path / "results.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == 4 and {"G", "G_ci95", "seeds", "SA_ci95"} <= set(table[0])  # 2 runs x 2 tasks
+    row = next(r for r in table if (r["run"], r["task"]) == ("l2__size=100", "digits"))
+    assert float(row["G_ci95"]) == pytest.approx(l2["G_ci95"]) and row["case"] == "l2" and row["seeds"] == "3"
+    with (tmp_path / "results-per-seed.csv").open() as handle:
+        per_seed = list(csv.DictReader(handle))
+    assert len(per_seed) == 12 and {r["seed"] for r in per_seed} == {"0"}  # the stored configs all say seed 0
+    assert (tmp_path / "accuracy.png").exists()  # one budget: bars, with error bars
+
+
+def test_seeded_curves_draw_error_bars(tmp_path, monkeypatch):
+    import encsteal.experiments.sweep_report as sweep_report
+
+    rows = [stored_row(f"l2__size={size}__seed={seed}", "l2", size, 0.7 + 0.05 * seed + size / 1e4)
+            for size in (100, 1000) for seed in range(2)]
+    bars = []
+    real = sweep_report.plt.Axes.errorbar
+
+    def errorbar(self, x, y, yerr=None, **kwargs):
+        bars.append(list(yerr))
+        return real(self, x, y, yerr=yerr, **kwargs)
+
+    monkeypatch.setattr(sweep_report.plt.Axes, "errorbar", errorbar)
+    write_sweep_report(rows, tmp_path, title="curves", grid_keys=["surrogate.size"], x="queries", seeds=True)
+    assert (tmp_path / "curves.png").exists() and bars
+    g_half = sweep_report.interval([(0.71 - 0.5) / 0.4, (0.76 - 0.5) / 0.4])[1]  # digits at 100 queries
+    assert any(b[0] == pytest.approx(g_half) for b in bars)

@@ -3,11 +3,12 @@
 import csv
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
-from encsteal.experiments.traffic import best_tpr, roc, run_traffic
+from encsteal.experiments.traffic import best_tpr, read_traffic, roc, run_traffic
 
 
 def test_roc_counts_attackers_as_positives():
@@ -91,3 +92,9 @@ def test_defense_report_joins_the_stealing_sweep_and_the_traffic(tmp_path, check
     text = report.read_text()
     assert regenerate(text, report.parent) == text  # its tables are those of its CSV files
     assert "| b4b-sybils |" in text and "crops-sybils" in text
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "traffic").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_traffic_file_reads(path):
+    spec = read_traffic(path)
+    assert spec.deployments and spec.customers and spec.attackers

@@ -17,8 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from encsteal.augment import AUGMENTATIONS, COLOR_STRENGTH, MAX_COLOR_STRENGTH
-from encsteal.data import DATASETS
+from encsteal.augment import AUGMENTATIONS, COLOR_STRENGTH, CROP_SCALE, MAX_COLOR_STRENGTH
+from encsteal.data import DatasetError, dataset_source
 from encsteal.defenses import DEFENSES, DefenseConfig
 from encsteal.errors import ConfigError  # also encsteal.config.ConfigError, where users have always found it
 from encsteal.losses import STEALING_LOSSES
@@ -28,10 +28,14 @@ PRETRAIN_METHODS = ("simclr", "moco")
 """The names in encsteal.pretrain.PRETRAINERS, and ATTACK_NAMES those in encsteal.attacks.ATTACKS. The pre-trainers
 and attacks read this config, so it names them instead of importing them (the stairs go one way); a test keeps
 each registry and its names equal."""
-ATTACK_NAMES = ("stolenencoder", "stolenencoder-query-aug", "surrogate-pretrain")
+ATTACK_NAMES = ("stolenencoder", "stolenencoder-query-aug", "surrogate-pretrain", "rda")
 Wire = Literal["native", "openai", "openai-messages", "cohere", "clarifai"]
 """The dialects of the attacker's client: native, and the names in encsteal.service.dialects.WIRES (a test keeps
 them equal)."""
+SELECTION_NAMES = ("random", "k-center", "clusters", "uncertainty")
+"""The names in encsteal.attacks.selection.SELECTIONS; EMBEDDING_SELECTIONS need the attacker's SimCLR encoder of
+its pool."""
+EMBEDDING_SELECTIONS = ("k-center", "clusters")
 
 
 class Section(BaseModel):
@@ -52,7 +56,13 @@ def _architecture(value: str) -> str:
 
 
 def _dataset(value: str | None) -> str | None:
-    return value if value is None else _one_of(value, DATASETS, "dataset")
+    """A registered dataset name, or folder:PATH (a folder of PNG/JPEG images, encsteal.data.folder)."""
+    if value is not None:
+        try:
+            dataset_source(value)
+        except DatasetError as exc:
+            raise ValueError(str(exc)) from None
+    return value
 
 
 def _pretrain_method(value: str) -> str:
@@ -75,7 +85,8 @@ def _augmentations(value: list[str]) -> list[str]:
 
 class DataConfig(Section):
     root: Path | None = None
-    """Folder holding torchvision-layout datasets (CIFAR10/, STL10/, ...); default: $ENCSTEAL_DATA, then ./data."""
+    """Folder holding torchvision-layout datasets (CIFAR10/, STL10/, ...) and the relative paths of folder:PATH
+    datasets; default: $ENCSTEAL_DATA, then ./data."""
     image_size: int = Field(32, ge=8)
     """Every image is resized to image_size x image_size and held as uint8 with 3 channels."""
 
@@ -242,13 +253,36 @@ class SurrogateConfig(Section):
     split: str | None = None
     """Default: the pre-training split (subset), "test" (same-distribution), "train" (different-distribution)."""
     size: int | str = "5%"
-    """A number of images, or a share of the pre-training set such as "5%"."""
+    """The query budget: a number of images, or a share of the pre-training set such as "5%". An attack that buys
+    several features per image (attack.bought_views, rda's attack.prototype_views) buys them for size / that many
+    images, so that every image the target embeds counts against the same budget."""
+    pool: int | str | None = None
+    """The unlabeled images the attacker holds, bought or not: a number, or a share of the pre-training set; None:
+    just the images it buys. The images bought are chosen from the pool (`selection`); attacks may also learn from
+    the unbought ones (attack.init=pool-simclr, attack.unbought_weight). Every pool image of a downstream test split
+    is kept out of its test set."""
+    selection: str = "random"
+    """Which images of the pool to buy (encsteal.attacks.selection): random, k-center (a coreset in the attacker's
+    own SimCLR embedding of the pool), clusters (k-means in that embedding, every cluster an equal share) or
+    uncertainty (in `rounds` rounds, the pool images the copy trained so far is least sure of)."""
+    rounds: int = Field(4, ge=1)
+    """selection=uncertainty: buy the budget in this many equal rounds, training the copy between them."""
+    grayscale: bool = False
+    """Turn the pool's images gray (ITU-R 601 luma in all three channels) before anything else: an attacker who
+    knows the target serves grayscale images (Fashion-MNIST's) buys and trains on images of that kind."""
 
     _check_dataset = field_validator("dataset")(_dataset)
 
-    @field_validator("size")
+    @field_validator("selection")
     @classmethod
-    def _check_size(cls, value: int | str) -> int | str:
+    def _check_selection(cls, value: str) -> str:
+        return _one_of(value, SELECTION_NAMES, "selection")
+
+    @field_validator("size", "pool")
+    @classmethod
+    def _check_size(cls, value: int | str | None) -> int | str | None:
+        if value is None:
+            return value
         if isinstance(value, int):
             if value < 1:
                 raise ValueError("must be at least 1 image")
@@ -258,6 +292,20 @@ class SurrogateConfig(Section):
         if not 0 < float(value.strip()[:-1]) <= 100:
             raise ValueError(f"{value!r}: a percentage must lie in (0, 100]")
         return value.strip()
+
+    def recipe(self) -> dict:
+        """These settings as recorded beside a stolen encoder; the pool and selection settings are left out while at
+        their defaults, so that copies made before they existed still match their presets."""
+        unset = set()
+        if self.pool is None:
+            unset.add("pool")
+        if self.selection == "random":
+            unset.add("selection")
+        if self.rounds == SurrogateConfig.model_fields["rounds"].default:
+            unset.add("rounds")
+        if not self.grayscale:
+            unset.add("grayscale")
+        return self.model_dump(mode="json", exclude=unset or None)
 
     @model_validator(mode="after")
     def _check_source(self) -> SurrogateConfig:
@@ -270,10 +318,49 @@ class SurrogateConfig(Section):
         return self
 
     def count(self, pretrain_size: int) -> int:
-        """The number of surrogate images (= queries for StolenEncoder)."""
-        if isinstance(self.size, int):
-            return self.size
-        return max(1, round(pretrain_size * float(self.size[:-1]) / 100))
+        """The query budget: the number of surrogate images StolenEncoder buys."""
+        return _images(self.size, pretrain_size)
+
+    def pool_count(self, pretrain_size: int, bought: int) -> int:
+        """The number of images the attacker holds, `bought` of them to be bought."""
+        return bought if self.pool is None else _images(self.pool, pretrain_size)
+
+
+def _images(size: int | str, pretrain_size: int) -> int:
+    """A number of images, or a share ("5%") of the pre-training set's."""
+    if isinstance(size, int):
+        return size
+    return max(1, round(pretrain_size * float(size[:-1]) / 100))
+
+
+CropScale = tuple[float, float]
+
+
+def _crop_scale(value: CropScale) -> CropScale:
+    low, high = value
+    if not 0 < low <= high <= 1:
+        raise ValueError(f"a crop scale is (low, high) with 0 < low <= high <= 1, got {list(value)}")
+    return value
+
+
+class PoolSimclrConfig(Section):
+    """The attacker's own encoder of its pool: SimCLR (Chen et al. 2020) on every pool image, bought or not, with the
+    copy's architecture; no query. It starts the copy (attack.init=pool-simclr) and embeds the pool for the
+    k-center and clusters selections."""
+
+    epochs: int = Field(0, ge=0)
+    """0: none."""
+    batch_size: int = Field(256, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    """Adam, cosine decay."""
+    temperature: float = Field(0.2, gt=0)
+    color_strength: float = Field(COLOR_STRENGTH, ge=0, le=MAX_COLOR_STRENGTH)
+    augment: list[str] = ["random_resized_crop", "horizontal_flip", "color_jitter", "grayscale"]
+    cache: Path | None = None
+    """A folder of pool encoders, each reused by every run with the same pool, settings and seed (a sweep's runs
+    share one: <runs_dir>/caches/pool-encoders); None: the run directory. Where it lies is no part of a recipe."""
+
+    _check_augment = field_validator("augment")(_augmentations)
 
 
 class AttackConfig(Section):
@@ -304,12 +391,52 @@ class AttackConfig(Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     """Momentum of sgd and lars; unused by adam."""
     temperature: float = Field(0.5, gt=0)
-    """Temperature of the contrastive losses (infonce, nt-xent, soft-nn, supcon) and of surrogate-pretrain."""
+    """Temperature of the contrastive losses (infonce, nt-xent, soft-nn, supcon), of surrogate-pretrain and of rda."""
+    crop_scale: CropScale = CROP_SCALE
+    """The range of area shares of random_resized_crop in `augment` (the views the copy trains on)."""
+    bought_views: int = Field(0, ge=0)
+    """stolenencoder: buy k augmented views of every image once (`bought_augment`) and train on each view with the
+    feature bought for it, as on one more image: (1 + k) queries per image, so the budget buys size / (1 + k) images."""
+    bought_augment: list[str] = ["random_resized_crop", "horizontal_flip", "color_jitter", "grayscale"]
+    """The augmentations of the views an attack buys (stolenencoder's bought_views, rda's prototype views)."""
+    bought_crop_scale: CropScale = CROP_SCALE
+    """The crop's range of area shares in the bought views."""
+    prototype_views: int = Field(10, ge=1)
+    """rda: the features bought per image, of the clean image and prototype_views - 1 augmented views, averaged into
+    its prototype; the budget buys size / prototype_views images."""
+    discriminate_weight: float = Field(1.0, ge=0)
+    """rda: α, the weight of the term that tells matched from mismatched embedding-prototype pairs."""
+    align_weight: float = Field(1.0, ge=0)
+    """rda: β, the weight of the term that aligns matched pairs in angle and amplitude."""
+    init: Literal["random", "pool-simclr"] = "random"
+    """The copy's starting weights: a random init, or the attacker's SimCLR encoder of its pool (`pool_simclr`)."""
+    pool_simclr: PoolSimclrConfig = PoolSimclrConfig()
+    unbought_weight: float = Field(0.0, ge=0)
+    """μ: with unbought pool images, add μ times SimCLR's NT-Xent between two views of each of a batch of them,
+    through a projection head on the copy (self-supervised consistency on what was not bought); 0: unused."""
+
+    _check_crop_scales = field_validator("crop_scale", "bought_crop_scale")(_crop_scale)
 
     _check_name = field_validator("name")(_attack)
     _check_loss = field_validator("loss")(_stealing_loss)
     _check_arch = field_validator("arch")(_architecture)
-    _check_augment = field_validator("augment")(_augmentations)
+    _check_augment = field_validator("augment", "bought_augment")(_augmentations)
+
+    def recipe(self) -> dict:
+        """These settings as recorded beside a stolen encoder: the settings added with the query-efficient attacks are
+        left out while at their defaults (copies made before them still match their presets), and the pool
+        encoders' cache folder always (it says where things lie, not how they were made)."""
+        unset = {key for key in QUERY_EFFICIENCY_KEYS if getattr(self, key) == AttackConfig.model_fields[key].default}
+        if self.pool_simclr.model_copy(update={"cache": None}) == PoolSimclrConfig():
+            unset.add("pool_simclr")
+        tree = self.model_dump(mode="json", exclude=unset or None)
+        if "pool_simclr" in tree:
+            tree["pool_simclr"].pop("cache")
+        return tree
+
+
+QUERY_EFFICIENCY_KEYS = ("crop_scale", "bought_views", "bought_augment", "bought_crop_scale", "prototype_views",
+                         "discriminate_weight", "align_weight", "init", "pool_simclr", "unbought_weight")
 
 
 class ProbeConfig(Section):
@@ -422,6 +549,15 @@ class Config(Section):
 
     def resolved_run_dir(self) -> Path:
         return self.run_dir if self.run_dir is not None else Path("runs") / self.name
+
+    @model_validator(mode="after")
+    def _check_pool_encoder(self) -> Config:
+        needs = [f"surrogate.selection={self.surrogate.selection}"] if self.surrogate.selection in EMBEDDING_SELECTIONS else []
+        needs += ["attack.init=pool-simclr"] if self.attack.init == "pool-simclr" else []
+        if needs and self.attack.pool_simclr.epochs == 0:
+            raise ValueError(f"{' and '.join(needs)} need(s) the attacker's SimCLR encoder of its pool: set "
+                             "attack.pool_simclr.epochs (e.g. 50)")
+        return self
 
 
 # --------------------------------------------------------------------------------------------------

@@ -276,7 +276,7 @@ def differing_keys(saved, wanted, prefix: str = "") -> list[str]:
     return [name for key in keys for name in differing_keys(saved.get(key), wanted.get(key), f"{prefix}{key}.")]
 
 
-def _digest(images: torch.Tensor) -> str:
+def tensor_digest(images: torch.Tensor) -> str:
     """SHA-256 of a tensor's shape, type and values."""
     data = images.detach().cpu().contiguous()
     return hashlib.sha256(f"{tuple(data.shape)}{data.dtype}".encode() + data.numpy().tobytes()).hexdigest()
@@ -302,7 +302,7 @@ class EpochLoop:
                  lr: float, lr_schedule: str, warmup_epochs: int = 0, images_per_step: int,
                  extra: dict[str, torch.Tensor] | None = None) -> None:
         self.ctx, self.optimizer = ctx, optimizer
-        self.state = EpochState(ctx, modules, optimizer, {**recipe, "images": _digest(images)}, extra)
+        self.state = EpochState(ctx, modules, optimizer, {**recipe, "images": tensor_digest(images)}, extra)
         self.first_epoch = self.state.resume()
         self.stage, self.title, self.epochs = stage, title, epochs
         self.count, self.batch_size, self.images_per_step = len(images), batch_size, images_per_step

@@ -95,7 +95,7 @@ def test_real_fashion_mnist_sizes():
     check(load_dataset("fashion-mnist", "test", root=Path("unused"), image_size=32), 10_000, 10)
 
 
-OFFLINE = {"fashion-mnist", "digits", "mnist-5k", "natural-crops"}
+OFFLINE = {"fashion-mnist", "digits", "mnist-5k", "natural-crops", "stamps"}
 
 
 def test_every_registered_dataset_is_tested():
@@ -137,3 +137,107 @@ def test_to_images_layouts():
         assert out.shape == (2, 3, 16, 16) and out.dtype == torch.uint8
     flat = np.full((1, 8, 8), 77, dtype=np.uint8)
     assert (to_images(flat, 32) == 77).all()  # resizing a constant image keeps it constant
+
+
+# ------------------------------------------------------------------------------------------ folder:PATH
+
+
+def write_image(path: Path, rgb, size=(12, 10), mode="RGB", alpha=None):
+    """A PNG or JPEG (by suffix) of one colour; RGBA with the given alpha."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    colour = {"RGB": tuple(rgb), "RGBA": (*rgb, alpha), "L": rgb[0]}[mode]
+    Image.new(mode, size, colour).save(path)
+
+
+def test_a_folder_of_class_folders_is_labelled_as_imagefolder(tmp_path):
+    for name, colour in (("cat", (255, 0, 0)), ("dog", (0, 255, 0))):
+        for index in range(5):
+            write_image(tmp_path / "pets" / name / f"{index}.png", colour)
+    write_image(tmp_path / "pets" / "dog" / "deeper" / "x.JPG", (0, 250, 0))  # any depth, any case of suffix
+    (tmp_path / "pets" / "notes.txt").write_text("not an image")
+    data = load_dataset("folder:pets", "all", root=tmp_path, image_size=16)
+    check(data, 11, 2, 16)
+    assert data.labels.tolist() == [0] * 5 + [1] * 6 and data.num_classes == 2
+    assert data.images[0, :, 0, 0].tolist() == [255, 0, 0]
+    train = load_dataset(f"folder:{tmp_path / 'pets'}", "train", root=Path("elsewhere"), image_size=16)  # absolute
+    test = load_dataset("folder:pets", "test", root=tmp_path, image_size=16)
+    assert len(train) + len(test) == 11 and sorted(test.labels.tolist()) == [0, 1]  # each class gives test images
+    again = load_dataset(f"folder:{tmp_path / 'pets'}/", "test", root=Path("."), image_size=16)
+    assert torch.equal(again.images, test.images)  # the seeded split is the same every time
+
+
+def test_images_in_the_folder_itself_make_an_unlabeled_set_with_transparency_on_black(tmp_path):
+    write_image(tmp_path / "mine" / "a.png", (200, 100, 50), mode="RGBA", alpha=0)
+    write_image(tmp_path / "mine" / "b.jpeg", (10, 20, 30))
+    write_image(tmp_path / "mine" / "sub" / "c.png", (1, 2, 3), mode="L")
+    data = load_dataset("folder:mine", "all", root=tmp_path, image_size=8)
+    check(data, 3, None, 8)
+    assert data.images[0].max() == 0  # fully transparent: black
+    assert (data.images[2, 0] == data.images[2, 1]).all()  # grayscale repeated to 3 channels
+
+
+def test_train_and_test_subfolders_are_the_splits(tmp_path):
+    for split, count in (("train", 3), ("test", 2)):
+        for name in ("boot", "shirt"):
+            for index in range(count):
+                write_image(tmp_path / "shop" / split / name / f"{index}.png", (index, 0, 0))
+    write_image(tmp_path / "shop" / "test" / "sandal" / "0.png", (9, 9, 9))  # a class only the test split has
+    train = load_dataset("folder:shop", "train", root=tmp_path, image_size=8)
+    test = load_dataset("folder:shop", "test", root=tmp_path, image_size=8)
+    assert len(train) == 6 and len(test) == 5 and len(load_dataset("folder:shop", "all", root=tmp_path, image_size=8)) == 11
+    assert train.num_classes == test.num_classes == 3  # boot 0, sandal 1, shirt 2 in both splits
+    assert train.labels.tolist() == [0, 0, 0, 2, 2, 2] and test.labels.tolist() == [0, 0, 1, 2, 2]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda root: None, "no folder"),
+    (lambda root: (root / "empty").mkdir(), "no PNG or JPEG images"),
+    (lambda root: (root / "empty").mkdir() or (root / "empty" / "bad.png").write_bytes(b"not a png"), "bad.png is not a readable"),
+])
+def test_a_missing_empty_or_corrupt_folder_is_one_clear_error(make, message, tmp_path):
+    make(tmp_path)
+    with pytest.raises(DatasetError, match=message):
+        load_dataset("folder:empty", "all", root=tmp_path, image_size=8)
+
+
+def test_folder_names_in_the_config(tmp_path):
+    from encsteal.config import ConfigError, config_from_dict
+
+    config = config_from_dict({"surrogate": {"scenario": "different-distribution", "dataset": "folder:my photos"},
+                               "evaluate": {"downstream": [{"dataset": "folder:/srv/shoes", "train_split": "all"}]}})
+    assert config.surrogate.dataset == "folder:my photos"
+    with pytest.raises(ConfigError, match="folder:PATH"):
+        config_from_dict({"surrogate": {"scenario": "different-distribution", "dataset": "folder:"}})
+    with pytest.raises(DatasetError, match="no split 'val'"):
+        load_dataset("folder:x", "val", root=tmp_path, image_size=8)
+
+
+# ---------------------------------------------------------------------------------------------- stamps
+
+
+def test_stamps_are_objects_on_black_without_clothing(tmp_path, monkeypatch):
+    from PIL import Image
+
+    folder = tmp_path / "stamps"
+    for index, (kind, colour) in enumerate([("animals/birds", (255, 0, 0)), ("food", (0, 255, 0)), ("clothes", (0, 0, 255))]):
+        (folder / kind).mkdir(parents=True)
+        image = Image.new("RGBA", (40, 20), (0, 0, 0, 0))  # a wide object on a transparent ground
+        image.paste(Image.new("RGBA", (30, 10), (*colour, 255)), (5, 5))
+        image.save(folder / kind / f"{index}.png")
+    (folder / "food" / "1.svg").write_text("<svg/>")  # drawings in SVG are not read
+    monkeypatch.setenv("ENCSTEAL_STAMPS_DIR", str(folder))
+    monkeypatch.setitem(offline.STAMPS, "test", (64, 1))
+    data = offline.stamps("test", Path("unused"), 32)
+    check(data, 64, None, 32)
+    blue = data.images[:, 2].float().sum()
+    assert blue == 0  # clothing left out
+    red, green = (data.images[:, c].amax(dim=(1, 2)) > 200 for c in (0, 1))
+    assert red.sum() == green.sum() == 32 and not (red & green).any()  # one stamp per image, both equally often
+    corners = data.images[:, :, [0, 0, -1, -1], [0, -1, 0, -1]]
+    assert (corners == 0).float().mean() > 0.9  # on black
+    assert torch.equal(offline.stamps("test", Path("unused"), 32).images, data.images)  # seeded
+    monkeypatch.setenv("ENCSTEAL_STAMPS_DIR", str(tmp_path / "none"))
+    with pytest.raises(DatasetError, match="tuxpaint-stamps-default"):
+        offline.stamps("test", Path("unused"), 32)

@@ -8,7 +8,6 @@ import sys
 import threading
 
 import httpx
-import numpy as np
 import pytest
 import torch
 

@@ -13,6 +13,15 @@ views only is w = 0, loss nt-xent).
 
 `steal_query_aug` is StolenEncoder-query-aug: L2' = mean_x d(f_t(A(x)), f_s(A(x))) (Eq. 5) with the target
 queried on every epoch's augmented images, (e + 1)·|D| queries.
+
+Query augmentation under a fixed budget (`attack.bought_views` = k): buy the features of k augmented views
+B_j(x) of every image once (`attack.bought_augment`), and train on each view as on one more image, with its own
+bought feature in L1 and the approximation f_t(A(B_j x)) ≈ f_t(B_j x) in L2: (1 + k)·|D| queries, so that a
+budget buys it for 1 / (1 + k) of the images (the pipeline divides).
+
+From the attacker's pool (encsteal.attacks.pool): `init` starts the copy from given weights (the attacker's own
+SimCLR encoder of its pool, or an earlier round's copy), and with `unbought` images and attack.unbought_weight =
+μ each step adds μ·NT-Xent between two views of a batch of them (UnboughtTerm).
 """
 
 from __future__ import annotations
@@ -20,11 +29,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from encsteal.attacks.pool import new_copy, unbought_term
 from encsteal.augment import build_augmentation
 from encsteal.config import AttackConfig, ConfigError
 from encsteal.distributed import check_batch, gather, shard, unwrap, wrap
 from encsteal.losses import LABELLED_LOSSES, MIN_BATCH_SIZES, StealingLoss, stealing_loss
-from encsteal.models import Encoder, build_encoder
+from encsteal.models import Encoder
 from encsteal.target import Target
 from encsteal.training import EpochLoop, TrainContext, channels_last_cat, make_optimizer, to_float_batch
 
@@ -33,9 +43,19 @@ def _prepare(features: torch.Tensor, config: AttackConfig) -> torch.Tensor:
     return F.normalize(features, dim=1) if config.normalize_features else features
 
 
-def _to_uint8(batch: torch.Tensor) -> torch.Tensor:
+def to_uint8(batch: torch.Tensor) -> torch.Tensor:
     """Augmented floats -> the uint8 images an API receives."""
     return batch.clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+
+
+def bought_views(images: torch.Tensor, names: list[str], crop_scale: tuple[float, float], count: int, seed: int,
+                 device: torch.device, batch_size: int = 1024) -> list[torch.Tensor]:
+    """`count` augmented views of every uint8 image (seeded, so that a resumed run buys the same views again), as
+    uint8 images to send to the target."""
+    augment = build_augmentation(names, images.shape[-1], crop_scale).to(device)
+    torch.manual_seed(seed * 7919 + 17)
+    return [torch.cat([to_uint8(augment(to_float_batch(part, device))) for part in images.split(batch_size)])
+            for _ in range(count)]
 
 
 def objective(config: AttackConfig, loss_fn: StealingLoss, v: torch.Tensor, stolen_clean: torch.Tensor,
@@ -55,20 +75,25 @@ def _train(
     ctx: TrainContext,
     query_target: Target | None,
     labels: torch.Tensor | None,
+    unbought: torch.Tensor | None = None,
+    init: Encoder | None = None,
 ) -> Encoder:
     """The training loop shared by both variants; query_target is set only for query-aug."""
     device, dist = ctx.device, ctx.dist
     torch.manual_seed(ctx.seed)
-    stolen = build_encoder(config.arch, config.stem, out_dim=target_features.shape[1])
-    stolen = stolen.to(device).to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(config.optimizer, stolen.parameters(), config.lr, config.weight_decay, config.momentum)
+    stolen = new_copy(config, target_features.shape[1], init).to(device).to(memory_format=torch.channels_last)
+    extra = unbought_term(unbought, config, stolen.feature_dim, device)
+    heads = {"head": extra.head} if extra is not None else {}
+    parameters = [*stolen.parameters(), *(p for head in heads.values() for p in head.parameters())]
+    optimizer = make_optimizer(config.optimizer, parameters, config.lr, config.weight_decay, config.momentum)
     views = config.views if config.lam > 0 else 0
-    loop = EpochLoop(ctx, {"stolen": stolen}, optimizer, {"attack": config.model_dump(mode="json")}, surrogate,
+    extra_images = 2 * extra.batch_size if extra is not None else 0
+    loop = EpochLoop(ctx, {"stolen": stolen, **heads}, optimizer, {"attack": config.recipe()}, surrogate,
                      stage="steal", title=f"stealing ({config.arch})", epochs=config.epochs,
                      batch_size=config.batch_size, lr=config.lr, lr_schedule=config.lr_schedule,
-                     images_per_step=config.batch_size * (1 + views))
+                     images_per_step=config.batch_size * (1 + views) + extra_images)
     loss_fn = stealing_loss(config.loss, config.temperature)
-    augment = build_augmentation(config.augment, surrogate.shape[-1]).to(device)
+    augment = build_augmentation(config.augment, surrogate.shape[-1], config.crop_scale).to(device)
     check_batch(config.batch_size, len(surrogate), dist, "attack.batch_size")
     model = ctx.compiled(wrap(stolen, dist, device))
 
@@ -79,19 +104,24 @@ def _train(
         v = target_features[index].to(device)
         if query_target is not None:
             # query-aug: pay for f_t(A(x)) of every view, every epoch, and train on the images the target saw
-            v_views = [_prepare(query_target.embed(_to_uint8(a)), config).to(device) for a in augmented]
-            augmented = [_to_uint8(a).to(device).float().div_(255) for a in augmented]
+            v_views = [_prepare(query_target.embed(to_uint8(a)), config).to(device) for a in augmented]
+            augmented = [to_uint8(a).to(device).float().div_(255) for a in augmented]
         else:
             v_views = [v] * views
-        # One forward pass over the clean batch and all its views: one graph, k + 1 times the batch
-        # (under torchrun, this rank's slice of each, gathered back into the whole batch).
+        pool_views = extra.views() if extra is not None else []
+        # One forward pass over the clean batch and all its views (and the unbought images' two views): one graph,
+        # k + 1 times the batch (under torchrun, this rank's slice of each, gathered back into the whole batch).
         with ctx.autocast():
-            out = model(channels_last_cat([shard(t, dist) for t in (x, *augmented)])).float()
+            out = model(channels_last_cat([shard(t, dist) for t in (x, *augmented, *pool_views)])).float()
         if dist.active:
             out = torch.cat([gather(part, dist) for part in out.tensor_split(1 + views)])
+        out, pool_out = out.split([len(x) * (1 + views), extra_images])
         stolen_clean, *stolen_views = _prepare(out, config).tensor_split(1 + views)
         y = labels[index].to(device) if labels is not None else None
-        loop.step(objective(config, loss_fn, v, stolen_clean, v_views, stolen_views, y))
+        loss = objective(config, loss_fn, v, stolen_clean, v_views, stolen_views, y)
+        if extra is not None:
+            loss = loss + extra.loss(*pool_out.chunk(2))
+        loop.step(loss)
     return unwrap(model).eval()
 
 
@@ -109,19 +139,30 @@ def _check(config: AttackConfig, labels: torch.Tensor | None) -> None:
 
 
 def steal(target: Target, surrogate: torch.Tensor, config: AttackConfig, ctx: TrainContext,
-          labels: torch.Tensor | None = None) -> Encoder:
-    """StolenEncoder: one query per surrogate image (uint8 N x 3 x H x W), then minimise w·L1 + λ·L2.
-    `labels` (one per image) are used only by label-using losses (supcon)."""
+          labels: torch.Tensor | None = None, *, unbought: torch.Tensor | None = None,
+          init: Encoder | None = None) -> Encoder:
+    """StolenEncoder: one query per surrogate image (uint8 N x 3 x H x W), and one per bought view
+    (attack.bought_views), then minimise w·L1 + λ·L2. `labels` (one per image) are used only by label-using
+    losses (supcon); `unbought` and `init` as in the module docstring."""
     _check(config, labels)
+    if config.bought_views:
+        views = bought_views(surrogate, config.bought_augment, config.bought_crop_scale, config.bought_views,
+                             ctx.seed, ctx.device)
+        surrogate = torch.cat([surrogate, *views])
+        labels = None if labels is None else labels.repeat(1 + config.bought_views)
     features = _prepare(target.embed(surrogate), config)
-    return _train(features, surrogate, config, ctx, query_target=None, labels=labels)
+    return _train(features, surrogate, config, ctx, query_target=None, labels=labels, unbought=unbought, init=init)
 
 
 def steal_query_aug(target: Target, surrogate: torch.Tensor, config: AttackConfig, ctx: TrainContext,
-                    labels: torch.Tensor | None = None) -> Encoder:
+                    labels: torch.Tensor | None = None, *, unbought: torch.Tensor | None = None,
+                    init: Encoder | None = None) -> Encoder:
     """StolenEncoder-query-aug: also query the target on each epoch's augmented images."""
     _check(config, labels)
     if config.lam == 0:
         raise ConfigError("attack stolenencoder-query-aug queries augmented images, and attack.lam=0 has none: use attack.name=stolenencoder")
+    if config.bought_views:
+        raise ConfigError("attack.bought_views buys views once, for attack.name=stolenencoder; query-aug buys every "
+                          "epoch's views already")
     features = _prepare(target.embed(surrogate), config)
-    return _train(features, surrogate, config, ctx, query_target=target, labels=labels)
+    return _train(features, surrogate, config, ctx, query_target=target, labels=labels, unbought=unbought, init=init)

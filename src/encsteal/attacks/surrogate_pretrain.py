@@ -1,5 +1,6 @@
 """Pre-training-encoder (StolenEncoder §V-A4): the attacker pre-trains its own encoder with SimCLR on its
-surrogate set and never queries the target (0 queries). The baseline that shows what querying buys."""
+surrogate set and never queries the target (0 queries). The baseline that shows what querying buys. With a pool
+(surrogate.pool), it trains on the whole pool: the unbought images too."""
 
 from __future__ import annotations
 
@@ -11,15 +12,16 @@ from encsteal.pretrain import pretrain_simclr
 from encsteal.target import Target
 from encsteal.training import TrainContext
 
-OBJECTIVE_KEYS = ("loss", "clean_weight", "lam", "views", "normalize_features")
+OBJECTIVE_KEYS = ("loss", "clean_weight", "lam", "views", "normalize_features", "bought_views", "init", "unbought_weight")
 """Attack settings of StolenEncoder's objective (Eq. 7), which SimCLR on the surrogate set has no use for."""
 
 
 def pretrain_on_surrogate(target: Target, surrogate: torch.Tensor, config: AttackConfig, ctx: TrainContext,
-                          labels: torch.Tensor | None = None) -> Encoder:
+                          labels: torch.Tensor | None = None, *, unbought: torch.Tensor | None = None,
+                          init: Encoder | None = None) -> Encoder:
     """SimCLR on the surrogate images with the attack's architecture, epochs, batch size, optimizer, lr, lr
     schedule, weight decay, momentum, temperature and augmentations; the objective's settings are refused."""
-    del target  # this baseline never queries it
+    del target, init  # this baseline never queries the target; attack.init is refused below
     set_here = [f"attack.{key}={getattr(config, key)}" for key in OBJECTIVE_KEYS
                 if getattr(config, key) != AttackConfig.model_fields[key].default]
     if set_here:
@@ -39,4 +41,5 @@ def pretrain_on_surrogate(target: Target, surrogate: torch.Tensor, config: Attac
         temperature=config.temperature,
         augment=config.augment,
     )
-    return pretrain_simclr(surrogate, simclr, ctx)
+    pool = surrogate if unbought is None else torch.cat([surrogate, unbought])
+    return pretrain_simclr(pool, simclr, ctx)

@@ -135,3 +135,89 @@ def natural_crops(split: str, root: Path, image_size: int) -> ImageSet:
         crops = roi_align(photo.float().unsqueeze(0), boxes, output_size=image_size, sampling_ratio=2, aligned=True)
         out[mine] = crops.round_().clamp_(0, 255).to(torch.uint8)
     return ImageSet(out, None, None)
+
+
+DEBIAN_STAMPS = Path("/usr/share/tuxpaint/stamps")
+STAMPS = {"train": (20_000, 0), "test": (2_000, 1)}
+"""split -> (number of images, seed)."""
+STAMPS_LEFT_OUT = ("clothes",)
+"""Sub-folders left out: clothing is Fashion-MNIST's own subject, and a surrogate of another distribution must
+not hold it."""
+STAMP_BASE = 64
+"""The side of the square each stamp is first resized into (aspect kept, padded with transparency)."""
+STAMP_SCALE = (0.5, 1.0)
+"""The rendered object's longer side, as a share of the image's side."""
+
+
+def _stamp_files(folder: Path) -> list[Path]:
+    from encsteal.data.folder import image_files
+
+    return [path for path in image_files(folder)
+            if path.suffix.lower() == ".png" and path.relative_to(folder).parts[0] not in STAMPS_LEFT_OUT]
+
+
+def _premultiplied_stamps(files: list[Path]) -> torch.Tensor:
+    """Each stamp (RGBA PNG) fitted into a STAMP_BASE square, aspect kept and centred, composited onto black:
+    float K x 3 x B x B in [0, 255] (premultiplied colour, so that resampling never bleeds the transparent
+    pixels' colour into the object's edge)."""
+    from PIL import Image
+
+    out = torch.zeros((len(files), 3, STAMP_BASE, STAMP_BASE))
+    for index, path in enumerate(files):
+        with Image.open(path) as image:
+            rgba = image.convert("RGBA")
+            rgba.thumbnail((STAMP_BASE, STAMP_BASE), Image.Resampling.LANCZOS)
+            pixels = torch.from_numpy(np.asarray(rgba, dtype=np.float32)).permute(2, 0, 1)
+        height, width = pixels.shape[1:]
+        top, left = (STAMP_BASE - height) // 2, (STAMP_BASE - width) // 2
+        out[index, :, top : top + height, left : left + width] = pixels[:3] * (pixels[3:] / 255)
+    return out
+
+
+def stamps(split: str, root: Path, image_size: int) -> ImageSet:
+    """Tux Paint's stamps (Debian's tuxpaint-stamps-default, which `make setup` installs; $ENCSTEAL_STAMPS_DIR
+    overrides the folder): some 600 photographs and drawings of animals, food, plants, vehicles, tools,
+    buildings, coins, letters and symbols, clothing left out (STAMPS_LEFT_OUT). Each image shows one stamp on
+    black, its longer side 50-100 % of the image's, at a random place, mirrored half of the time: single objects
+    on a plain ground like Fashion-MNIST's, of other subjects — an offline surrogate set of another distribution
+    than a Fashion-MNIST target's, far broader than the crops of two dozen photos. Unlabeled; seeded."""
+    count, seed = STAMPS[split]
+    folder = Path(os.environ.get("ENCSTEAL_STAMPS_DIR", DEBIAN_STAMPS))
+    files = _stamp_files(folder) if folder.is_dir() else []
+    if not files:
+        raise DatasetError(f"no stamps (PNG images) found in {folder}: install the Debian package "
+                           "tuxpaint-stamps-default (`make setup` does) or point $ENCSTEAL_STAMPS_DIR at a folder of "
+                           "PNG images of objects on a transparent ground")
+    sources = _premultiplied_stamps(files)
+    generator = torch.Generator().manual_seed(seed)
+    which = torch.arange(count) % len(files)
+    which = which[torch.randperm(count, generator=generator)]
+    scale = STAMP_SCALE[0] + torch.rand(count, generator=generator) * (STAMP_SCALE[1] - STAMP_SCALE[0])
+    # the stamp's square (side = scale) anywhere inside the image, in the [-1, 1] coordinates of affine_grid
+    shift = (torch.rand(count, 2, generator=generator) * 2 - 1) * (1 - scale).unsqueeze(1)
+    mirror = torch.where(torch.rand(count, generator=generator) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(count, 2, 3)
+    theta[:, 0, 0] = mirror / scale  # output coordinates -> the stamp's: scaled by 1/scale, mirrored in x
+    theta[:, 1, 1] = 1 / scale
+    theta[:, :, 2] = -shift / scale.unsqueeze(1) * torch.stack([mirror, torch.ones(count)], dim=1)
+    # Each image samples its stamp from the smallest of a few pre-shrunk copies (antialiased) that is at least as
+    # large as the object will be drawn, so bilinear sampling never shrinks by more than 4/3 and never aliases.
+    drawn = scale * image_size
+    sides = [side for side in (64, 48, 36, 27, 20, 15, 11, 8) if side <= STAMP_BASE]
+    level = torch.zeros(count, dtype=torch.long)
+    for number, side in enumerate(sides):
+        level[drawn <= side] = number
+    out = torch.empty((count, 3, image_size, image_size), dtype=torch.uint8)
+    for number, side in enumerate(sides):
+        mine = (level == number).nonzero().flatten()
+        if not len(mine):
+            continue
+        bank = sources if side == STAMP_BASE else torch.nn.functional.interpolate(
+            sources, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+        for chunk in mine.split(1024):
+            grid = torch.nn.functional.affine_grid(theta[chunk], [len(chunk), 3, image_size, image_size],
+                                                   align_corners=False)
+            images = torch.nn.functional.grid_sample(bank[which[chunk]], grid, mode="bilinear", padding_mode="zeros",
+                                                     align_corners=False)
+            out[chunk] = images.round_().clamp_(0, 255).to(torch.uint8)
+    return ImageSet(out, None, None)

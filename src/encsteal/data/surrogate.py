@@ -36,20 +36,36 @@ def pretraining_images(dataset: str, split: str, limit: int | None, seed: int, *
 
 
 def surrogate_images(
-    config: SurrogateConfig, pretraining: dict | None, seed: int, *, root: Path, image_size: int
+    config: SurrogateConfig, pretraining: dict | None, seed: int, *, root: Path, image_size: int,
+    queries_per_image: int = 1,
 ) -> tuple[torch.Tensor, dict]:
-    """The attacker's unlabeled images and a record of where they came from, including their indices in
+    """The attacker's pool of unlabeled images and a record of where they came from, including their indices in
     their dataset split (so that evaluation can keep them out of a downstream test set).
+
+    The query budget (surrogate.size) buys the features of budget // queries_per_image images (an attack may buy
+    several features per image); the pool holds those and surrogate.pool - those more (none by default). The pool
+    is a seeded random draw, so its first images are a random choice of them, and a larger budget's draw holds a
+    smaller one's. Record: scenario, dataset, split, count (the pool's size), indices, budget, images (to buy).
 
     `pretraining` describes the target's pre-training data as its checkpoint records it:
     {"dataset", "split", "limit", "seed", "count"}; None when the attacker knows nothing of it (a remote API
-    without a checkpoint), which only the different-distribution scenario with a number of images allows."""
-    if pretraining is None and (config.scenario != "different-distribution" or not isinstance(config.size, int)):
+    without a checkpoint), which only the different-distribution scenario with numbers of images allows."""
+    fixed = isinstance(config.size, int) and (config.pool is None or isinstance(config.pool, int))
+    if pretraining is None and (config.scenario != "different-distribution" or not fixed):
         raise ConfigError(
             "without the target's checkpoint its pre-training data is unknown: use surrogate.scenario="
-            "different-distribution with surrogate.dataset and a number of images as surrogate.size"
+            "different-distribution with surrogate.dataset and numbers of images as surrogate.size and surrogate.pool"
         )
-    count = config.count(pretraining["count"] if pretraining else 0)
+    pretrain_size = pretraining["count"] if pretraining else 0
+    budget = config.count(pretrain_size)
+    images = budget // queries_per_image
+    if images < 1:
+        raise ConfigError(f"surrogate.size buys {budget} queries, fewer than the {queries_per_image} features the "
+                          "attack buys per image: raise surrogate.size or buy fewer views per image")
+    count = config.pool_count(pretrain_size, images)
+    if count < images:
+        raise ConfigError(f"surrogate.pool holds {count} images, fewer than the {images} the budget buys: raise "
+                          "surrogate.pool or leave it out")
     if config.scenario == "subset":
         dataset, split = pretraining["dataset"], pretraining["split"]
         if config.split not in (None, split):
@@ -70,9 +86,22 @@ def surrogate_images(
         full = load_dataset(dataset, split, root=root, image_size=image_size).images
         pool_indices = torch.arange(len(full))
     if count > len(pool_indices):
+        what = "surrogate.size asks for" if config.pool is None else "surrogate.pool asks for"
         raise ConfigError(
-            f"surrogate.size asks for {count} images but {dataset}/{split} has only {len(pool_indices)}; lower surrogate.size"
+            f"{what} {count} images but {dataset}/{split} has only {len(pool_indices)}; lower it"
         )
     indices = pool_indices[draw(count, len(pool_indices), seed + 1)]
-    record = {"scenario": config.scenario, "dataset": dataset, "split": split, "count": count, "indices": indices.tolist()}
-    return full[indices], record
+    record = {"scenario": config.scenario, "dataset": dataset, "split": split, "count": count, "indices": indices.tolist(),
+              "budget": budget, "images": images}
+    pool = full[indices]
+    return (gray(pool) if config.grayscale else pool), record
+
+
+LUMA = (0.299, 0.587, 0.114)
+"""ITU-R 601's weights of R, G and B, as torchvision's and PIL's grayscale conversions use."""
+
+
+def gray(images: torch.Tensor) -> torch.Tensor:
+    """uint8 N x 3 x H x W -> the same images in gray: each pixel's luma in all three channels."""
+    luma = sum(weight * images[:, channel].float() for channel, weight in enumerate(LUMA))
+    return luma.round().clamp(0, 255).to(torch.uint8).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from encsteal.attacks import ATTACKS
+from encsteal.attacks import ATTACKS, QUERIES_PER_IMAGE
+from encsteal.attacks.pool import buy_and_steal
 from encsteal.checkpoint import file_digest, load_encoder, provenance, reusable, save_encoder
 from encsteal.config import Config, ConfigError, TargetConfig, dump_config
 from encsteal.data import load_dataset
@@ -299,7 +300,7 @@ def steal(run: Run) -> Path:
     config = run.config
     remote_only = config.target.kind == "http" and not run.target_path.exists()
     target_meta = {} if remote_only else _target_encoder(run)[1]
-    recipe = {"attack": config.attack.model_dump(mode="json"), "surrogate": config.surrogate.model_dump(mode="json"),
+    recipe = {"attack": config.attack.recipe(), "surrogate": config.surrogate.recipe(),
               "target": {"kind": config.target.kind, "checkpoint": None if remote_only else file_digest(run.target_path),
                          "url": config.target.url, "defenses": identity(config.target.defenses),
                          **({"wire": config.target.wire, "model": config.target.model}
@@ -309,13 +310,20 @@ def steal(run: Run) -> Path:
     if reusable(run.stolen_path, recipe, "stolen encoder"):
         return run.stolen_path
     seed_everything(config.seed)
-    surrogate, surrogate_record = surrogate_images(
-        config.surrogate, target_meta.get("pretraining_data"), config.seed, **run.data_kwargs()
+    pool, surrogate_record = surrogate_images(
+        config.surrogate, target_meta.get("pretraining_data"), config.seed,
+        queries_per_image=QUERIES_PER_IMAGE[config.attack.name](config.attack), **run.data_kwargs()
     )
     labels = _surrogate_labels(surrogate_record, run)
+    encoder_dir = config.attack.pool_simclr.cache or run.dir
+
+    def attack(target: Target, ctx: TrainContext):
+        """Choose what to buy from the pool and steal with it (encsteal.attacks.pool)."""
+        return buy_and_steal(ATTACKS[config.attack.name], target, pool, labels, surrogate_record["images"],
+                             config.attack, config.surrogate, ctx=ctx, context=run.context, encoder_dir=encoder_dir)
+
     if not run.dist.main:  # under torchrun: train on the answers rank 0 buys
-        ATTACKS[config.attack.name](SharedAnswers(None, run.dist), surrogate, config.attack, run.context("steal", recipe),
-                                    labels=labels)
+        attack(SharedAnswers(None, run.dist), run.context("steal", recipe))
         barrier(run.dist)  # until rank 0 has written the stolen encoder
         return run.stolen_path
     with _victim(run) as (target, target_id, spent):
@@ -323,12 +331,13 @@ def steal(run: Run) -> Path:
         cached = CachedTarget(target, cache, run=str(run.dir.resolve()), batch_size=config.target.query_batch_size,
                               progress=run.progress)
         ctx = run.context("steal", recipe)
-        stolen = ATTACKS[config.attack.name](SharedAnswers(cached, run.dist), surrogate, config.attack, ctx,
-                                             labels=labels)
+        stolen, bought = attack(SharedAnswers(cached, run.dist), ctx)
         seconds = ctx.seconds()  # a killed run's seconds count too
         cost = spent()
         billed = billed_units(target)
     accounts = attacker_figures(run) if config.target.kind == "local" else run.served_accounts
+    if config.surrogate.pool is not None:  # which of the pool was bought (the pool's indices say what it held)
+        surrogate_record["bought"] = [surrogate_record["indices"][i] for i in bought.tolist()]
     save_encoder(stolen, run.stolen_path, {
         "role": "stolen",
         "recipe": recipe,
@@ -472,7 +481,7 @@ def evaluate(run: Run) -> dict:
             "pretraining_data": target_meta.get("pretraining_data"), "epochs": target_meta.get("epochs")},
         "attack": {"name": config.attack.name, "arch": config.attack.arch, "stem": config.attack.stem,
                    "epochs": config.attack.epochs, "lam": config.attack.lam, "loss": config.attack.loss},
-        "surrogate": {key: value for key, value in surrogate.items() if key != "indices"},
+        "surrogate": {key: value for key, value in surrogate.items() if key not in ("indices", "bought")},
         "device": str(run.device),
     }
     (run.dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")

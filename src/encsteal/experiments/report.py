@@ -40,11 +40,14 @@ def _loss_curves(metrics_path: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def accuracy_bars(axis, names: list[str], rows: list[dict | None]) -> None:
-    """Groups of three bars — R, SA, TA (%) — one group per name; a missing row or value draws no bar height."""
+    """Groups of three bars — R, SA, TA (%) — one group per name; a missing row or value draws no bar height. Rows
+    over seeds (with `<key>_ci95`) get error bars of their 95 % intervals."""
     width = 0.27
     for offset, (key, label) in enumerate([("R", "random-init (R)"), ("SA", "stolen (SA)"), ("TA", "target (TA)")]):
         values = [100 * ((row or {}).get(key) or 0) for row in rows]
-        axis.bar([i + (offset - 1) * width for i in range(len(names))], values, width, label=label)
+        halves = [100 * ((row or {}).get(f"{key}_ci95") or 0) for row in rows]
+        axis.bar([i + (offset - 1) * width for i in range(len(names))], values, width, label=label,
+                 yerr=halves if any(halves) else None, capsize=2)
     shown = [100 * row[k] for row in rows if row for k in ("R", "SA", "TA") if row.get(k) is not None]
     low = max(0.0, min(shown, default=0) - 10)
     axis.set_ylim(low, 100 + 0.25 * (100 - low))  # headroom for the legend

@@ -43,7 +43,8 @@ NUMERIC = {"TA", "SA", "R", "R_std", "SA_over_TA", "G", *FIDELITY, *RUN_FIGURES}
 def csv_row(line: dict[str, str]) -> dict:
     """A line of a sweep's results.csv (all strings) as a row: figures as numbers, and G_meaningful, which the
     CSV leaves out, from TA and R as the evaluation decides it."""
-    row: dict = {key: (_number(value) if key in NUMERIC else value) for key, value in line.items()}
+    row: dict = {key: (_number(value) if key in NUMERIC or key == "seeds" or key.removesuffix("_ci95") in NUMERIC
+                       else value) for key, value in line.items()}
     row["G_meaningful"] = row.get("TA") is not None and row["TA"] - row["R"] >= MIN_MEANINGFUL_GAIN
     return row
 
@@ -83,7 +84,7 @@ CELLS: dict[str, Callable[[dict], str]] = {
     "l2": lambda row: num(row["l2"], 3),
     "cka": lambda row: num(row["cka"], 3),
     "knn_agree": lambda row: pct(row["knn_agree"]),
-    "queries": lambda row: "–" if row["queries"] is None else str(row["queries"]),
+    "queries": lambda row: "–" if row["queries"] is None else f"{row['queries']:.0f}",
     "cost": lambda row: num(row["cost"], 4),
     "pretrain_minutes": lambda row: minutes(row.get("pretrain_seconds")),
     "steal_minutes": lambda row: minutes(row.get("steal_seconds")),
@@ -93,7 +94,13 @@ CELLS: dict[str, Callable[[dict], str]] = {
 
 
 def cell(row: dict, column: str) -> str:
+    """A column of a row as it reads; a row over seeds (a seeded sweep's) that holds `<column>_ci95`, the half-width
+    of the 95 % interval of the column's mean, reads `mean ± half-width`, both in the column's own units."""
     if column in CELLS:
-        return CELLS[column](row)
+        text = CELLS[column](row)
+        half = row.get(f"{column}_ci95")
+        if half is None or half == "" or row.get(column) is None:
+            return text
+        return f"{text} ± {CELLS[column]({**row, column: half, 'G_meaningful': True})}"
     value = row.get(column)
     return "–" if value is None or value == "" else str(value)

@@ -6,7 +6,8 @@
       none: {}
       top-k-10: {target.defenses: [{name: top-k, k: 10}]}
     grid:                            # a cartesian product over keys (optional), crossed with the cases
-      seed: [0, 1]
+      attack.lam: [0, 20]
+    seeds: [0, 1, 2]                 # every run once per seed (optional); reports give mean ± 95 % interval
     share_queries: true              # runs against the same target share one query cache (default true)
     runs_dir: runs/sweeps/defenses   # default: runs/sweeps/<file name>
     report: {x: queries, series: attack.loss}   # what the report plots (optional; see sweep_report)
@@ -17,6 +18,18 @@ skipped when the sweep is started again (unless the file now gives it other sett
 says which), a failing run is recorded and the others go on. Runs whose target
 would be pre-trained with the same recipe share one target checkpoint under `<runs_dir>/targets/`. At the end
 `<runs_dir>/report.md`, `results.csv` and a plot are written (`encsteal report` writes them again).
+
+Seeds. With `seeds: [0, 1, 2]` every run of cases x grid is repeated once per seed, as `<run id>__seed=<s>` with
+the top-level `seed` set to s. The seed draws everything random in a run: the surrogate images (and the
+attacker's pool), the copy's initialisation, batches and augmentations, and the probes; a run whose target
+is pre-trained in the sweep (no target.checkpoint) also pre-trains one target per seed, so the whole
+experiment is repeated, while a run against a given target.checkpoint repeats only the attacker's side. The
+report then gives, per run of cases x grid and downstream task, the mean over the seeds and the half-width
+of its 95 % confidence interval, t(0.975, n - 1) · s / √n (Student's t with n - 1 degrees of freedom, s the
+sample standard deviation over the n seeds that finished): report.md as `mean ± half-width`, results.csv as a
+column per measure and a `<measure>_ci95` column beside it (n in `seeds`), the plots as error bars; the
+per-seed rows go to `results-per-seed.csv`. A grid or case that sets `seed` itself cannot be combined with
+`seeds`.
 """
 
 from __future__ import annotations
@@ -67,6 +80,8 @@ class SweepSpec(BaseModel):
     overrides: list[str] = []
     cases: dict[str, dict] = Field(default_factory=lambda: {})
     grid: dict[str, list] = Field(default_factory=lambda: {})
+    seeds: list[int] = []
+    """Repeat every run once per seed (see the module docstring); empty: each run once, with its config's seed."""
     share_queries: bool = True
     runs_dir: Path | None = None
     report: ReportSpec = ReportSpec()
@@ -113,23 +128,33 @@ def _value_label(value) -> str:
     return str(text).replace("/", "-").replace(" ", "")
 
 
+SEED_PART = "seed="
+"""How a run's seed shows in its id under `seeds`: the id's last part, `<run id>__seed=<s>`."""
+
+
 def plan(spec: SweepSpec, runs_dir: Path) -> list[PlannedRun]:
     """Every run of the sweep, in order, with its resolved config (errors surface here, before any run)."""
     cases = spec.cases or {"": {}}
     keys = list(spec.grid)
+    if spec.seeds and ("seed" in keys or any("seed" in case for case in cases.values())):
+        raise ConfigError("the sweep gives `seeds` and also sets `seed` in its grid or a case: give the seeds once")
+    if len(set(spec.seeds)) != len(spec.seeds):
+        raise ConfigError(f"seeds: {spec.seeds} names a seed twice")
     runs = []
     for case_name, case in cases.items():
         for values in itertools.product(*(spec.grid[key] for key in keys)) if keys else [()]:
             parts = [case_name] if case_name else []
             parts += [f"{key.split('.')[-1]}={_value_label(value)}" for key, value in zip(keys, values)]
-            run_id = "__".join(parts) or "run"
-            overrides = [*spec.overrides, *(_as_override(k, v) for k, v in case.items()),
-                         *(_as_override(k, v) for k, v in zip(keys, values)), f"run_dir={runs_dir / run_id}"]
-            try:
-                config = load_config(spec.base, overrides)
-            except ConfigError as exc:
-                raise ConfigError(f"sweep run '{run_id}': {exc}") from None
-            runs.append(PlannedRun(run_id, config))
+            settings = [*(_as_override(k, v) for k, v in case.items()), *(_as_override(k, v) for k, v in zip(keys, values))]
+            for seed in spec.seeds or [None]:
+                run_id = "__".join([*parts, *([] if seed is None else [f"{SEED_PART}{seed}"])]) or "run"
+                overrides = [*spec.overrides, *settings, *([] if seed is None else [f"seed={seed}"]),
+                             f"run_dir={runs_dir / run_id}"]
+                try:
+                    config = load_config(spec.base, overrides)
+                except ConfigError as exc:
+                    raise ConfigError(f"sweep run '{run_id}': {exc}") from None
+                runs.append(PlannedRun(run_id, config))
     if len({run.id for run in runs}) != len(runs):
         raise ConfigError("two runs of the sweep get the same id; give the cases distinct names")
     for field in ("paper", "paper_hours"):
@@ -175,6 +200,9 @@ def share(config: Config, runs_dir: Path, share_queries: bool) -> Config:
         update["query_cache"] = runs_dir / "caches" / f"{_digest(identity)}.sqlite"
     if update:
         config = config.model_copy(update={"target": config.target.model_copy(update=update)})
+    if config.attack.pool_simclr.epochs and config.attack.pool_simclr.cache is None:  # one per pool, recipe and seed
+        pool_simclr = config.attack.pool_simclr.model_copy(update={"cache": runs_dir / "caches" / "pool-encoders"})
+        config = config.model_copy(update={"attack": config.attack.model_copy(update={"pool_simclr": pool_simclr})})
     if config.evaluate.probe_cache is None:  # R's random inits (and an undefended target) are probed once per sweep
         config = config.model_copy(update={"evaluate": config.evaluate.model_copy(
             update={"probe_cache": runs_dir / "caches" / "probes.sqlite"})})
@@ -315,7 +343,7 @@ def report_sweep(path: Path, spec: SweepSpec, rows: list[dict], x: str | None = 
 
     return write_sweep_report(rows, out_dir or spec.runs_dir_for(path), title=f"sweep {path.name}",
                               grid_keys=list(spec.grid), x=x or spec.report.x, series=series or spec.report.series,
-                              paper=spec.published(), paper_hours=spec.paper_hours,
+                              paper=spec.published(), paper_hours=spec.paper_hours, seeds=bool(spec.seeds),
                               wall_seconds=sum(row["seconds"] or 0 for row in rows))
 
 

@@ -5,12 +5,18 @@ captured gain G and the linear CKA between target and stolen features against on
 of queries, or any dotted config key (`attack.lam`, `surrogate.size`, ...), one line per value of another
 (`series`, e.g. `attack.loss`, or `case`: one line per case of the sweep file). Without a numeric setting to put on the x axis, TA, SA and R are drawn as
 bars, one group per run (a defense sweep, say).
+
+A sweep with `seeds` (encsteal.experiments.sweep) is reported over its seeds: `over_seeds` merges the runs
+that differ only in their seed into one record per run and task, holding the mean of every measure and, as
+`<measure>_ci95`, the half-width of its 95 % Student-t interval; tables print `mean ± half-width`, plots draw
+error bars, and the per-seed records go to results-per-seed.csv.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import matplotlib
@@ -26,6 +32,8 @@ from encsteal.experiments.rows import cell, num, pct, task_row  # noqa: E402
 
 COLUMNS = ("run", "task", "TA", "SA", "R", "R_std", "SA_over_TA", "G", "cosine", "l2", "cka", "knn_agree",
            "queries", "cost", "pretrain_seconds", "steal_seconds")
+MEASURES = tuple(c for c in COLUMNS if c not in ("run", "task"))
+"""The numeric columns, averaged over seeds."""
 CURVES = (("SA_over_TA", "SA/TA"), ("G", "captured gain G"), ("cka", "linear CKA (target vs stolen)"))
 G_AXIS = (-1.0, 1.5)
 """The captured-gain panels' range. A collapsed copy can score G = −40 (far below a random encoder), which would
@@ -61,12 +69,52 @@ def records(rows: list[dict]) -> list[dict]:
     return out
 
 
-def write_csv(recs: list[dict], path: Path, extra: list[str]) -> Path:
+def seed_group(run_id: str) -> str:
+    """The run of cases x grid a seeded run repeats: its id without the `__seed=<s>` part."""
+    head, sep, last = run_id.rpartition("__")
+    if last.startswith("seed="):
+        return head if sep else "run"
+    return run_id
+
+
+def interval(values: list[float]) -> tuple[float, float | None]:
+    """(mean, half-width of the 95 % confidence interval of the mean): t(0.975, n - 1) · s / √n with s the sample
+    standard deviation (Student's t, n - 1 degrees of freedom); the half-width is None for a single value."""
+    from scipy.stats import t
+
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, float(t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+
+
+def over_seeds(recs: list[dict]) -> list[dict]:
+    """One record per run of cases x grid and task: each measure's mean over the seeds that finished, its 95 %
+    interval's half-width as `<measure>_ci95`, and `seeds`, how many there were (records: `records`)."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for rec in recs:
+        groups.setdefault((seed_group(rec["run"]), rec["task"]), []).append(rec)
+    merged = []
+    for (run, task), members in groups.items():
+        out = {"run": run, "task": task, "seeds": len(members), "config": members[0]["config"],
+               "G_meaningful": all(m["G_meaningful"] for m in members), "device": members[0].get("device")}
+        for measure in MEASURES:
+            values = [m[measure] for m in members if m[measure] is not None]
+            out[measure], out[f"{measure}_ci95"] = interval(values) if values else (None, None)
+        merged.append(out)
+    return merged
+
+
+def write_csv(recs: list[dict], path: Path, extra: list[str], seeded: bool = False) -> Path:
+    """One row per record; records over seeds (`over_seeds`) also give each measure's `_ci95` and `seeds`."""
+    columns = [*COLUMNS[:2], "seeds", *(name for m in MEASURES for name in (m, f"{m}_ci95"))] if seeded else list(COLUMNS)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow([*COLUMNS, "case", *extra])
+        writer.writerow([*columns, "case", *extra])
         for rec in recs:
-            writer.writerow([rec[c] for c in COLUMNS] + [case_of(rec["run"])]
+            writer.writerow([rec[c] for c in columns] + [case_of(rec["run"])]
                             + [_label(setting(rec["config"], key)) for key in extra])
     return path
 
@@ -82,12 +130,14 @@ def markdown_table(rows: list[dict]) -> str:
 
 def records_table(recs: list[dict], failed: list[dict] = ()) -> str:
     """The sweep's table of records (one line per run and task), then the failed runs' stored rows. A table in
-    the docs of a committed results.csv is this table too (encsteal.experiments.doc_tables)."""
-    lines = ["| run | task | " + " | ".join(TABLE_COLUMNS.values()) + " |", "|---|---|" + "---:|" * len(TABLE_COLUMNS)]
+    the docs of a committed results.csv is this table too (encsteal.experiments.doc_tables). Records over seeds
+    (`over_seeds`) add the number of seeds and read mean ± 95 % interval."""
+    columns = {**({"seeds": "seeds"} if any("seeds" in rec for rec in recs) else {}), **TABLE_COLUMNS}
+    lines = ["| run | task | " + " | ".join(columns.values()) + " |", "|---|---|" + "---:|" * len(columns)]
     for rec in recs:
-        lines.append(f"| {rec['run']} | {rec['task']} | " + " | ".join(cell(rec, c) for c in TABLE_COLUMNS) + " |")
+        lines.append(f"| {rec['run']} | {rec['task']} | " + " | ".join(cell(rec, c) for c in columns) + " |")
     for row in failed:
-        lines.append(f"| {row['id']} | failed: {row['error']} |" + " |" * len(TABLE_COLUMNS))
+        lines.append(f"| {row['id']} | failed: {row['error']} |" + " |" * len(columns))
     return "\n".join(lines)
 
 
@@ -126,12 +176,12 @@ def plot_curves(recs: list[dict], x: str, series: str | None, path: Path) -> Pat
             axis = axes[row][col]
             off_scale = 0
             for name, group in groups.items():
-                points = sorted((_x_value(r, x), r[metric]) for r in group if r["task"] == task and r[metric] is not None
-                                and (metric != "G" or r["G_meaningful"]))
+                points = sorted((_x_value(r, x), r[metric], r.get(f"{metric}_ci95")) for r in group
+                                if r["task"] == task and r[metric] is not None and (metric != "G" or r["G_meaningful"]))
                 if metric == "G":
                     off_scale += _clipped_line(axis, points, name, style[name])
                 elif points:
-                    axis.plot([p[0] for p in points], [p[1] for p in points], label=name or None, **style[name])
+                    _line(axis, [p[0] for p in points], [p[1] for p in points], [p[2] for p in points], name, style[name])
             if metric == "G":
                 axis.axhline(1.0, color="grey", lw=0.8, ls=":")
                 axis.set_ylim(G_AXIS[0] - 0.05, G_AXIS[1] + 0.05)
@@ -155,15 +205,23 @@ def plot_curves(recs: list[dict], x: str, series: str | None, path: Path) -> Pat
     return path
 
 
+def _line(axis, xs: list, ys: list, halves: list, name: str, style: dict) -> None:
+    """A line through the points, with error bars of the given half-widths where there are any (over seeds)."""
+    if any(half is not None for half in halves):
+        axis.errorbar(xs, ys, yerr=[half or 0.0 for half in halves], label=name or None, capsize=3, **style)
+    else:
+        axis.plot(xs, ys, label=name or None, **style)
+
+
 def _clipped_line(axis, points: list[tuple], name: str, style: dict) -> int:
     """Draw G within G_AXIS: values beyond it on the edge, as a triangle pointing the way it went off; returns
-    how many were off scale."""
+    how many were off scale. Points are (x, G) or (x, G, half-width of its interval or None)."""
     if not points:
         return 0
     low, high = G_AXIS
     xs, ys = [p[0] for p in points], [min(max(p[1], low), high) for p in points]
-    axis.plot(xs, ys, label=name or None, **style)
-    off = [(x, y, "v" if y == low else "^") for (x, value), y in zip(points, ys) if value < low or value > high]
+    _line(axis, xs, ys, [p[2] if len(p) > 2 and low < p[1] < high else None for p in points], name, style)
+    off = [(p[0], y, "v" if y == low else "^") for p, y in zip(points, ys) if p[1] < low or p[1] > high]
     for x, y, marker in off:
         axis.plot([x], [y], marker=marker, markersize=9, color=style["color"], linestyle="none")
     return len(off)
@@ -294,8 +352,9 @@ def compute_table(recs: list[dict], paper_hours: dict) -> str:
 
 def write_sweep_report(rows: list[dict], out_dir: Path, *, title: str, grid_keys: list[str],
                        x: str | None = None, series: str | None = None, paper: dict | None = None,
-                       paper_hours: dict | None = None, wall_seconds: float | None = None) -> Path:
-    """report.md, results.csv and a plot in out_dir; returns report.md's path."""
+                       paper_hours: dict | None = None, wall_seconds: float | None = None, seeds: bool = False) -> Path:
+    """report.md, results.csv and a plot in out_dir; returns report.md's path. With `seeds` (the sweep repeats its
+    runs over seeds) every table, CSV and plot is over the seeds: mean ± 95 % interval."""
     out_dir.mkdir(parents=True, exist_ok=True)
     recs = records(rows)
     x, series = default_axes(grid_keys, recs, x, series)
@@ -303,8 +362,15 @@ def write_sweep_report(rows: list[dict], out_dir: Path, *, title: str, grid_keys
         if key not in (None, "queries", "case") and recs:
             setting(recs[0]["config"], key)  # an unknown key: one clear error before any file is written
     extra = [k for k in dict.fromkeys([*grid_keys, *(k for k in (x, series) if k)]) if k not in ("queries", "case")]
-    write_csv(recs, out_dir / "results.csv", extra)
-    lines = [f"# {title}", "", *_provenance(recs, wall_seconds), markdown_table(rows), ""]
+    if seeds:
+        write_csv(recs, out_dir / "results-per-seed.csv", [*extra, "seed"])
+        recs = over_seeds(recs)
+        write_csv(recs, out_dir / "results.csv", extra, seeded=True)
+        table = records_table(recs, [row for row in rows if row["status"] != "done"])
+    else:
+        write_csv(recs, out_dir / "results.csv", extra)
+        table = markdown_table(rows)
+    lines = [f"# {title}", "", *_provenance(recs, wall_seconds), table, ""]
     if paper:
         lines += ["## Beside the paper", "", paper_table(recs, paper), "",
                   "Published figures as the paper prints them; a run not finished yet shows –. Where our task differs "
@@ -325,6 +391,10 @@ def write_sweep_report(rows: list[dict], out_dir: Path, *, title: str, grid_keys
     lines += ["TA: the target's features (as served, after any defense); SA: the stolen encoder's; R: mean of "
               "random-init encoders of the stolen architecture; G = (SA − R) / (TA − R), ⚠ where TA − R is under "
               f"{100 * MIN_MEANINGFUL_GAIN:.0f} points and G means nothing. All rows and columns are in results.csv.", ""]
+    if seeds:
+        lines += ["Each row is the mean over its seeds ± the half-width of the 95 % confidence interval of that mean "
+                  "(Student's t with n − 1 degrees of freedom); error bars in the plots likewise. One row per seed: "
+                  "results-per-seed.csv.", ""]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
     return path

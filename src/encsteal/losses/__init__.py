@@ -18,6 +18,7 @@ from encsteal.losses.distance import DISTANCES, cosine_distance, l1_distance, l2
 from encsteal.losses.infonce import infonce
 from encsteal.losses.mse import mse
 from encsteal.losses.multi_crop_nt_xent import multi_crop_nt_xent
+from encsteal.losses.multi_relational import multi_relational
 from encsteal.losses.nt_xent import nt_xent
 from encsteal.losses.soft_nn import soft_nn
 from encsteal.losses.supcon import supcon
@@ -64,4 +65,4 @@ def stealing_loss(name: str, temperature: float) -> StealingLoss:
 
 __all__ = ["DISTANCES", "LABELLED_LOSSES", "MIN_BATCH_SIZES", "STEALING_LOSSES", "TEMPERATURE_LOSSES",
            "barlow_halves", "barlow_twins", "cosine_distance", "infonce", "l1_distance", "l2_distance", "mse",
-           "multi_crop_nt_xent", "nt_xent", "soft_nn", "stealing_loss", "supcon", "wasserstein"]
+           "multi_crop_nt_xent", "multi_relational", "nt_xent", "soft_nn", "stealing_loss", "supcon", "wasserstein"]

@@ -38,7 +38,7 @@ def shadow_attack(poisoning: PoisoningConfig, attack: AttackConfig) -> AttackCon
 
 def shadow_recipe(poisoning: PoisoningConfig, attack: AttackConfig, seed: int) -> dict:
     """What a run-trained shadow encoder is made from besides its target (a sweep keys its shared caches by it)."""
-    return {"attack": shadow_attack(poisoning, attack).model_dump(mode="json"), "images": poisoning.shadow_images,
+    return {"attack": shadow_attack(poisoning, attack).recipe(), "images": poisoning.shadow_images,
             "seed": seed}
 
 
