@@ -2,6 +2,7 @@
 
     import encsteal
     results = encsteal.run(encsteal.load_config("demo", ["attack.epochs=20"]))
+    verdict = encsteal.verify("runs/demo/target.safetensors", "runs/x/stolen.safetensors", public="fashion-mnist:test")
 """
 
 from encsteal.api import evaluate_run, pretrain_target, run, steal_encoder
@@ -19,4 +20,13 @@ __all__ = [
     "pretrain_target",
     "run",
     "steal_encoder",
+    "verify",
 ]
+
+
+def __getattr__(name: str):
+    if name == "verify":  # ownership verification loads its own modules on first use
+        from encsteal.api import verify
+
+        return verify
+    raise AttributeError(f"module 'encsteal' has no attribute '{name}'")
