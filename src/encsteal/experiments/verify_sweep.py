@@ -14,7 +14,7 @@ result store and a report. `encsteal sweep FILE` runs it when the file has a `ve
                obfuscations: [none, shuffle, pad, linear, finetune, prune]}
         random: {random: {arch: small_cnn, stem: imagenet, seeds: [0, 1, 2]}, expect: independent}
         over-http: {checkpoint: ..., served: true, expect: stolen}   # served on 127.0.0.1, verified over HTTP
-      paper: {victim: {p_value: 4.52e-17, delta_mu: 10.73}}          # the slides' figures, per group or obfuscation
+      paper: {victim: {p_value: 4.52e-17, delta_mu: 10.73}}   # the slides' figures: victim, stolen+shuffle, independent
 
 A checkpoint pattern with * gives one suspect per match, named by the match's directory. Each suspect and
 obfuscation is one row of `<runs_dir>/verify.sqlite`; a row is reused while the victim, the settings and the
@@ -90,8 +90,9 @@ class VerifySweepSpec(Strict):
     device: str = "auto"
     suspects: dict[str, SuspectSpec]
     paper: dict[str, dict[str, float]] = Field(default_factory=dict)
-    """Published figures where the sweep mirrors the slides' ownership table: group or obfuscation -> {p_value,
-    delta_mu}; the report puts them beside ours."""
+    """Published figures where the sweep mirrors the slides' ownership table: `selector[+obfuscation]` (a group, or
+    stolen / independent; e.g. victim, stolen, stolen+shuffle, independent) -> {p_value, delta_mu}; the report puts
+    them beside the median of ours (see paper_rows)."""
 
     def runs_dir_for(self, path: Path) -> Path:
         return self.runs_dir or Path("runs") / "sweeps" / path.stem
@@ -273,7 +274,8 @@ def _verify_served(checkpoint: Path, evidence, config, directory: Path, progress
         stale.unlink(missing_ok=True)
     ledger = Ledger(directory / "ledger.sqlite")
     key = ledger.create_account("verifier")
-    with ServerProcess(ServeSettings(checkpoint=checkpoint, db=str(directory / "ledger.sqlite"))) as server:
+    settings = ServeSettings(checkpoint=checkpoint, db=str(directory / "ledger.sqlite"))
+    with ServerProcess(settings, startup_timeout=600) as server:  # a loaded machine starts it slowly
         client = HttpTarget(server.url, key, batch_size=config.batch_size)
         cache = QueryCache(directory / "queries.sqlite", f"http:{client.model_id}")
         try:
@@ -397,10 +399,7 @@ def markdown_report(recs: list[dict], title: str, paper: dict | None = None, fai
                   "| encoder | slides p | slides Δμ | ours DI p | ours DI Δμ | ours WM p | suspects |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for label, figures in paper.items():
-            kind = [r for r in recs if r["group"] == label or (r["obfuscation"] == label and r["expect"] == "stolen")]
-            if label == "stolen":
-                kind = [r for r in recs if r["group"] == "stolen" or (r["expect"] == "stolen" and r["group"] != "victim"
-                                                                      and r["obfuscation"] == "none")]
+            kind = paper_rows(recs, label)
             lines.append(f"| {label} | {_p(figures.get('p_value'))} | {_f(figures.get('delta_mu'))} | "
                          f"{_p(_median([r['di_p'] for r in kind]))} | {_f(_median([r['di_delta_mu'] for r in kind]))} | "
                          f"{_p(_median([r['wm_p'] for r in kind]))} | {len(kind)} |")
@@ -410,6 +409,14 @@ def markdown_report(recs: list[dict], title: str, paper: dict | None = None, fai
               "encoders' (WM refs: their mean). Verdict: stolen when the smallest p is under α divided by the number "
               "of methods; otherwise inconclusive, counted as independent."]
     return "\n".join(lines) + "\n"
+
+
+def paper_rows(recs: list[dict], label: str) -> list[dict]:
+    """The suspects a row of the slides' table stands for: `selector[+obfuscation]`, the selector a group or what the
+    suspects truly are (stolen: the copies, not the victim), the obfuscation none unless named."""
+    selector, _, obfuscation = label.partition("+")
+    return [r for r in recs if (r["group"] == selector or (r["expect"] == selector and r["group"] != "victim"))
+            and r["obfuscation"] == (obfuscation or "none")]
 
 
 def _median(values) -> float | None:
