@@ -292,7 +292,8 @@ def _verify_served(checkpoint: Path, evidence, config, directory: Path, progress
 # Report
 
 COLUMNS = ("suspect", "group", "obfuscation", "expect", "verdict", "di_p", "di_t", "di_delta_mu", "wm_accuracy",
-           "wm_reference_mean", "wm_p", "wm_t", "queries", "queries_paid", "ledger_queries", "served", "seconds")
+           "wm_reference_mean", "wm_p", "wm_t", "queries", "queries_paid", "ledger_queries", "served", "seconds",
+           "hardware")
 
 
 def records(rows: list[dict]) -> list[dict]:
