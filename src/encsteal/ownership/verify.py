@@ -162,6 +162,8 @@ def verify_suspect(evidence: Evidence, suspect: Target, config: VerifyConfig) ->
     alpha = config.alpha
     run_di = "dataset-inference" in config.methods
     run_wm = "watermark" in config.methods and evidence.watermark is not None
+    if not run_di and not run_wm:
+        raise VerifyError("no test can run: the victim has no watermark and methods leaves dataset-inference out")
     parts = [evidence.public] + ([evidence.fit, evidence.private] if run_di else []) \
         + ([evidence.watermark_images] if run_wm else [])
     bought_before = suspect.queries
@@ -186,7 +188,8 @@ def verify_suspect(evidence: Evidence, suspect: Target, config: VerifyConfig) ->
         statistic, p_value = reference_test(accuracy, references, len(evidence.watermark_classes))
         methods["watermark"] = {"statistic": statistic, "p_value": p_value,
                                 "delta_mu": accuracy - float(np.mean(references)), "accuracy": accuracy,
-                                "reference_mean": float(np.mean(references)), "reference_std": float(np.std(references, ddof=1)),
+                                "reference_mean": float(np.mean(references)),
+                                "reference_std": float(np.std(references, ddof=1)),
                                 "references": evidence.reference_accuracies, "chance": 1 / ROTATIONS,
                                 "images": len(evidence.watermark_classes), "align": config.watermark.align,
                                 "verdict": _verdict(p_value, alpha)}
