@@ -91,3 +91,28 @@ def test_a_sweep_verifies_every_suspect_once_and_reports(sweep, tmp_path, one_th
     messages.clear()
     run_verify_sweep(sweep, progress=False, echo=messages.append)  # nothing new: every row is reused
     assert sum("done before, skipped" in m for m in messages) == 9
+
+
+def test_the_results_page_counts_goals_from_the_csv_files(tmp_path):
+    from encsteal.experiments.ownership_report import write
+    from encsteal.experiments.verify_sweep import COLUMNS, write_csv
+
+    def rec(suspect, expect, group, di_p, wm_p, obfuscation="none", served=False):
+        return {**dict.fromkeys(COLUMNS), "suspect": suspect, "group": group, "obfuscation": obfuscation,
+                "expect": expect, "di_p": di_p, "wm_p": wm_p, "di_delta_mu": 1.0, "wm_accuracy": 0.6,
+                "verdict": "stolen" if min(p for p in (di_p, wm_p) if p is not None) < 0.025 else "independent",
+                "queries": 2000, "ledger_queries": 2000 if served else None, "served": served, "seconds": 2.0,
+                "hardware": "x86_64"}
+
+    (tmp_path / "demo").mkdir()
+    write_csv([rec("victim", "stolen", "victim", 0.5, 1e-9), rec("copy/a", "stolen", "stolen", 0.3, 1e-4),
+               rec("copy/a+pad", "stolen", "stolen", 0.3, 0.02, "pad"), rec("served", "stolen", "served", 0.4, 1e-5,
+                                                                              served=True),
+               rec("random/1", "independent", "random-init", 0.04, 0.5)], tmp_path / "demo" / "results.csv")
+    (tmp_path / "watermark-cost").mkdir()
+    (tmp_path / "watermark-cost" / "results.csv").write_text(
+        "run,task,TA,case\nplain-s0,fmnist,0.87,plain-s0\nwm-s0,fmnist,0.866,wm-s0\n")
+    page = write(tmp_path).read_text()
+    assert "| demo | 2 of 3 | 0 of 3 | 2 of 3 | 1 of 1 / 0 of 1 / 0 of 1 | 2,000 queries (2,000 in the ledger), stolen |" in page
+    assert "| fmnist | 87.00 | 86.60 | +0.40 | +0.40 |" in page
+    assert "| stolen+pad | 3.3e-06 | 4.84 | 3.0e-01 | 1.00 | 2.0e-02 |" in page
