@@ -196,6 +196,8 @@ def run_verify_sweep(path: Path, *, progress: bool = True, echo=print) -> list[d
         echo(f"first: encsteal sweep {before}")
         run_sweep(before, progress=progress, echo=echo)
     runs_dir = spec.runs_dir_for(path)
+    if not spec.victim.exists():
+        raise ConfigError(f"{path}: no victim checkpoint at {spec.victim} (the `before` sweeps did not make it)")
     config = verify_config(base=spec.settings)
     device = resolve_device(spec.device)
     victim = open_victim(spec.victim, device)
