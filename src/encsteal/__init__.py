@@ -2,6 +2,7 @@
 
     import encsteal
     results = encsteal.run(encsteal.load_config("demo", ["attack.epochs=20"]))
+    verdict = encsteal.verify("runs/demo/target.safetensors", "runs/x/stolen.safetensors", public="fashion-mnist:test")
 
 The names below load on first use, so `import encsteal` (and every server worker, which imports only
 encsteal.service) pays for the config, the pipeline or the server only when it uses them.
@@ -22,6 +23,7 @@ _LAZY = {
     "pretrain_target": "encsteal.api",
     "run": "encsteal.api",
     "steal_encoder": "encsteal.api",
+    "verify": "encsteal.api",
 }
 
 __all__ = ["ConfigError", "EncstealError", *_LAZY]

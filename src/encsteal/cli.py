@@ -1,4 +1,4 @@
-"""encsteal's command line: `encsteal demo | run | pretrain | steal | evaluate | sweep | traffic | report | tables | serve | accounts | presets | config`.
+"""encsteal's command line: `encsteal demo | run | pretrain | steal | evaluate | sweep | traffic | report | tables | serve | accounts | verify | presets | config`.
 
 Every command takes a preset (a YAML file or a shipped name such as `demo` or `fmnist-bench/target`) and
 `key=value` overrides, e.g. `encsteal run demo attack.epochs=20 surrogate.size=2%`.
@@ -325,9 +325,19 @@ def sweep(
     cpus: Annotated[Optional[int], typer.Option(min=1, help="submitit: CPUs per job.")] = None,
     quiet: Quiet = False,
 ) -> None:
-    """Run a grid of runs, resumably; results in <runs_dir>/results.sqlite, report.md and results.csv."""
+    """Run a grid of runs, resumably; results in <runs_dir>/results.sqlite, report.md and results.csv. A file with a
+    `verify:` section verifies suspects against a victim instead (encsteal.experiments.verify_sweep)."""
     from encsteal.experiments.sweep import read_spec, run_sweep
     from encsteal.experiments.sweep_report import markdown_table
+
+    from encsteal.experiments.verify_sweep import is_verify_sweep
+
+    if is_verify_sweep(grid):  # a `verify:` file: one victim against many suspects
+        from encsteal.experiments.verify_sweep import run_verify_sweep
+
+        _guard(lambda: run_verify_sweep(grid, progress=not quiet, echo=console.print))
+        console.print(f"report: {_guard(lambda: _verify_report_path(grid))}")
+        return
 
     def start():
         if executor == "inline":
@@ -340,6 +350,12 @@ def sweep(
         return run_sweep(grid, progress=False, echo=console.print, executor=jobs)
 
     console.print(markdown_table(_guard(start)))
+
+
+def _verify_report_path(grid: Path) -> Path:
+    from encsteal.experiments.verify_sweep import read_spec
+
+    return read_spec(grid).runs_dir_for(grid) / "report.md"
 
 
 @app.command()
@@ -375,6 +391,11 @@ def report(
 ) -> None:
     """Write a sweep's report.md, results.csv and plot from what its runs have stored so far."""
     from encsteal.experiments.sweep import report_sweep, stored_rows
+    from encsteal.experiments.verify_sweep import is_verify_sweep, report_verify_sweep
+
+    if is_verify_sweep(grid):
+        console.print(f"report: {_guard(lambda: report_verify_sweep(grid, out))}")
+        return
 
     def write() -> Path:
         spec, rows = stored_rows(grid)
@@ -396,6 +417,50 @@ def tables(
         console.print(f"{'differs from its sources' if check else 'regenerated'}: {path}")
     if check and stale:
         raise typer.Exit(1)
+
+
+@app.command()
+def verify(
+    victim: Annotated[Path, typer.Option("--victim", help="The victim's checkpoint (its watermark, if any, beside it).")],
+    suspect: Annotated[str, typer.Option("--suspect", help="A suspect checkpoint, or an embedding API's URL "
+                                                             "(http://host:port; key from --api-key-env).")],
+    public: Annotated[str, typer.Option("--public", help="DATASET[:split] of images the victim never trained on.")],
+    private: Annotated[Optional[str], typer.Option("--private", help="DATASET[:split] of the victim's training "
+                                                   "images (default: its recorded pre-training images).")] = None,
+    max_queries: Annotated[Optional[int], typer.Option("--max-queries", min=1, help="Refuse to send the suspect more "
+                                                       "images than this.")] = None,
+    alpha: Annotated[float, typer.Option("--alpha", min=0, max=1, help="p < alpha: stolen; otherwise inconclusive.")] = 0.05,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Where verify.json, verify.md, verify.png and the "
+                                                "query cache go (default runs/verify/<suspect>).")] = None,
+    api_key_env: Annotated[str, typer.Option(help="The environment variable holding the suspect API's key.")] = "ENCSTEAL_API_KEY",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps: where local encoders run.")] = "auto",
+    settings: Annotated[Optional[list[str]], typer.Argument(help="key=value settings, e.g. dataset_inference.components=20 "
+                                                             "watermark.images=50.")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Is the suspect a copy of the victim? Dataset inference and the rotation watermark, each a p-value."""
+    from encsteal.experiments.verification import run_verification, verify_config
+
+    def start() -> dict:
+        config = verify_config([*(settings or []), f"alpha={alpha}"])
+        return run_verification(victim, suspect, public=public, private=private, config=config, max_queries=max_queries,
+                                out=out, device=device, api_key_env=api_key_env, progress=not quiet)
+
+    result = _guard(start)
+    table = Table(title=f"{suspect}: {result['verdict']}")
+    for column in ("method", "statistic", "p-value", "Δμ", "queries", "verdict"):
+        table.add_column(column, justify="left" if column in ("method", "verdict") else "right")
+    for name, row in result["methods"].items():
+        if "skipped" in row:
+            table.add_row(name, "", "", "", "", f"skipped: {row['skipped']}")
+            continue
+        verdict = row["verdict"] + ("" if row["verdict"] == "stolen" else " (inconclusive)")
+        table.add_row(name, f"{row['statistic']:.2f}", f"{row['p_value']:.2e}", f"{row['delta_mu']:.3f}",
+                      f"{result['queries']:,}", verdict)
+    console.print(table)
+    console.print(f"overall: {result['verdict']} (smallest p {result['min_p_value']:.2e} against α/"
+                  f"{round(result['alpha'] / result['combined_alpha'])}); queries sent {result['queries']:,}, "
+                  f"bought now {result['queries_paid']:,}; written to {result['out']}")
 
 
 @app.command()

@@ -139,6 +139,15 @@ class PretrainConfig(Section):
     """The side of the small crops, which cover 5-20 % of the image (augment.SMALL_CROP_SCALE)."""
     moco_queue: int = Field(4096, ge=1)
     moco_momentum: float = Field(0.99, ge=0, lt=1)
+    watermark: Literal["rotation"] | None = None
+    """Embed an ownership watermark while pre-training (encsteal.ownership.watermark): rotation, a secret head learns
+    to tell how far each watermark image was turned, and the encoder with it. None: no watermark."""
+    watermark_seed: int | None = None
+    """The watermark's secret: it chooses the watermark images among the pre-training images and initialises the head."""
+    watermark_images: int = Field(1000, ge=1)
+    """Pre-training images in the watermark set."""
+    watermark_weight: float = Field(1.0, gt=0)
+    """w in L = L_ssl + w · L_watermark."""
 
     _check_method = field_validator("method")(_pretrain_method)
     _check_arch = field_validator("arch")(_architecture)
@@ -157,6 +166,8 @@ class PretrainConfig(Section):
             unset.add("warmup_epochs")
         if self.small_views == 0:
             unset |= {"small_views", "small_view_size"}
+        if self.watermark is None:
+            unset |= {"watermark", "watermark_seed", "watermark_images", "watermark_weight"}
         return self.model_dump(mode="json", exclude=unset or None)
 
     @model_validator(mode="after")
@@ -170,6 +181,9 @@ class PretrainConfig(Section):
                 raise ValueError("pretrain.small_views are small crops: they need random_resized_crop in pretrain.augment")
             if self.method != "simclr":
                 raise ValueError(f"pretrain.small_views (multi-crop) is implemented for simclr, not {self.method}")
+        if self.watermark is not None and self.watermark_seed is None:
+            raise ValueError("pretrain.watermark needs pretrain.watermark_seed, a secret number that chooses the "
+                             "watermark images and initialises its head")
         return self
 
 

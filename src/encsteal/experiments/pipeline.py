@@ -34,6 +34,7 @@ from encsteal.evaluate import ProbeCache, evaluate_task
 from encsteal.experiments.customers import serve_customer
 from encsteal.experiments.report import write_report
 from encsteal.models import build_encoder
+from encsteal.ownership.watermark import embedded_accuracy, save_watermark, watermark_for, watermark_path
 from encsteal.pretrain import PRETRAINERS
 from encsteal.query_cache import CachedTarget, QueryCache
 from encsteal.service.client import HttpTarget
@@ -123,11 +124,14 @@ def pretrain(run: Run) -> Path:
     pc = config.pretrain
     images = pretraining_images(pc.dataset, pc.split, pc.limit, config.seed, **run.data_kwargs())
     ctx = run.context("pretrain", recipe)
-    encoder = PRETRAINERS[pc.method](images, pc, ctx)
+    watermark = watermark_for(pc, images, run.device)
+    encoder = PRETRAINERS[pc.method](images, pc, ctx, auxiliary=watermark)
     seconds = ctx.seconds()  # a killed run's seconds count too
     if not run.dist.main:
         barrier(run.dist)  # until rank 0 has written the checkpoint every rank goes on with
         return run.target_path
+    if watermark is not None:  # before the checkpoint, whose sidecar marks the whole as finished
+        save_watermark(watermark, watermark_path(run.target_path), {"accuracy": embedded_accuracy(watermark, encoder)})
     save_encoder(encoder, run.target_path, {
         "role": "target",
         "recipe": recipe,

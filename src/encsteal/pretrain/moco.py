@@ -5,7 +5,8 @@ A query encoder f (with head) and a momentum copy f_m; for a positive pair (x_q,
     ℓ = −log  exp(q·k⁺/τ) / (exp(q·k⁺/τ) + Σ_{k⁻ ∈ queue} exp(q·k⁻/τ))
 
 with q = h(f(x_q)), k⁺ = h_m(f_m(x_k)) L2-normalised, and a FIFO queue of past keys as negatives.
-The momentum copy follows θ_m ← m·θ_m + (1 − m)·θ after every step.
+The momentum copy follows θ_m ← m·θ_m + (1 − m)·θ after every step. An `auxiliary` task is trained along as in
+`encsteal.pretrain.simclr`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import copy
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from encsteal.augment import build_augmentation
 from encsteal.config import ConfigError, PretrainConfig
@@ -31,7 +33,8 @@ def moco_loss(queries: torch.Tensor, keys: torch.Tensor, queue: torch.Tensor, te
     return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
 
 
-def pretrain_moco(images: torch.Tensor, config: PretrainConfig, ctx: TrainContext) -> Encoder:
+def pretrain_moco(images: torch.Tensor, config: PretrainConfig, ctx: TrainContext,
+                  auxiliary: nn.Module | None = None) -> Encoder:
     """Pre-train config.arch on uint8 images N x 3 x H x W with MoCo v2; returns the query encoder in eval mode."""
     if ctx.dist.active:  # the queue and the momentum encoder would need their own exchange between ranks
         raise ConfigError("MoCo pre-training runs in one process; use pretrain.method=simclr under torchrun")
@@ -46,12 +49,13 @@ def pretrain_moco(images: torch.Tensor, config: PretrainConfig, ctx: TrainContex
         p.requires_grad_(False)
     queue = F.normalize(torch.randn(config.moco_queue, config.projection_dim, device=device), dim=1)
     queue_pointer = torch.zeros((), dtype=torch.long)
-    parameters = [*encoder.parameters(), *head.parameters()]
+    parameters = [*encoder.parameters(), *head.parameters(), *(auxiliary.parameters() if auxiliary else ())]
     optimizer = make_optimizer(config.optimizer, parameters, config.lr, config.weight_decay, config.momentum)
     loop = EpochLoop(
         ctx,
-        {"encoder": encoder, "head": head, "momentum_encoder": momentum_encoder, "momentum_head": momentum_head},
-        optimizer, {"pretrain": config.model_dump(mode="json")}, images, stage="pretrain",
+        {"encoder": encoder, "head": head, "momentum_encoder": momentum_encoder, "momentum_head": momentum_head,
+         **({"auxiliary": auxiliary} if auxiliary else {})},
+        optimizer, {"pretrain": config.recipe()}, images, stage="pretrain",
         title=f"pre-training {config.arch} (MoCo v2)", epochs=config.epochs, batch_size=config.batch_size,
         lr=config.lr, lr_schedule=config.lr_schedule, warmup_epochs=config.warmup_epochs,
         images_per_step=2 * config.batch_size, extra={"queue": queue, "queue_pointer": queue_pointer},
@@ -70,7 +74,10 @@ def pretrain_moco(images: torch.Tensor, config: PretrainConfig, ctx: TrainContex
             torch._foreach_mul_(momentum, config.moco_momentum)
             torch._foreach_add_(momentum, online, alpha=1 - config.moco_momentum)
             keys = F.normalize(momentum_head(momentum_encoder(x_k)), dim=1)
-        loop.step(moco_loss(queries, keys, queue, config.temperature))
+        loss = moco_loss(queries, keys, queue, config.temperature)
+        if auxiliary is not None:
+            loss = loss + auxiliary(encoder)
+        loop.step(loss)
         with torch.no_grad():  # enqueue the newest keys over the oldest
             slots = (queue_pointer + torch.arange(len(keys))) % len(queue)
             queue[slots.to(device)] = keys

@@ -6,6 +6,9 @@ images of the batch away. Only f is kept.
 
 With pretrain.small_views = k (multi-crop), each image also gives k small crops, each paired with both full
 views (`encsteal.losses.multi_crop_nt_xent`); the full and the small views go through the encoder as two batches.
+
+An `auxiliary` task (the ownership watermark, `encsteal.ownership.watermark`) is called with the encoder after each
+step's loss and returns a term added to it; its parameters are optimised and its state saved with the encoder's.
 """
 
 from __future__ import annotations
@@ -34,15 +37,17 @@ class EachBatch(nn.Module):
         return [self.model(batch) for batch in batches]
 
 
-def pretrain_simclr(images: torch.Tensor, config: PretrainConfig, ctx: TrainContext) -> Encoder:
+def pretrain_simclr(images: torch.Tensor, config: PretrainConfig, ctx: TrainContext,
+                    auxiliary: nn.Module | None = None) -> Encoder:
     """Pre-train config.arch on uint8 images N x 3 x H x W with SimCLR; returns the encoder in eval mode."""
     device, dist = ctx.device, ctx.dist
     torch.manual_seed(ctx.seed)
     encoder = build_encoder(config.arch, config.stem).to(device).to(memory_format=torch.channels_last)
     head = ProjectionHead(encoder.feature_dim, encoder.feature_dim, config.projection_dim).to(device)
-    parameters = [*encoder.parameters(), *head.parameters()]
+    parameters = [*encoder.parameters(), *head.parameters(), *(auxiliary.parameters() if auxiliary else ())]
     optimizer = make_optimizer(config.optimizer, parameters, config.lr, config.weight_decay, config.momentum)
-    loop = EpochLoop(ctx, {"encoder": encoder, "head": head}, optimizer, {"pretrain": config.model_dump(mode="json")},
+    loop = EpochLoop(ctx, {"encoder": encoder, "head": head, **({"auxiliary": auxiliary} if auxiliary else {})},
+                     optimizer, {"pretrain": config.recipe()},
                      images, stage="pretrain", title=f"pre-training {config.arch} (SimCLR)", epochs=config.epochs,
                      batch_size=config.batch_size, lr=config.lr, lr_schedule=config.lr_schedule,
                      warmup_epochs=config.warmup_epochs, images_per_step=2 * config.batch_size)
@@ -66,5 +71,9 @@ def pretrain_simclr(images: torch.Tensor, config: PretrainConfig, ctx: TrainCont
             parts = model(batches)
         full = [gather(p, dist) for p in parts[0].float().chunk(2)]
         crops = [gather(p, dist) for p in parts[1].float().chunk(small)] if small else []
-        loop.step(multi_crop_nt_xent(full, crops, config.temperature))
+        loss = multi_crop_nt_xent(full, crops, config.temperature)
+        if auxiliary is not None:
+            with ctx.autocast():
+                loss = loss + auxiliary(encoder)
+        loop.step(loss)
     return encoder.eval()
