@@ -84,6 +84,14 @@ def test_a_done_run_whose_settings_changed_is_never_skipped_silently(tmp_path):
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "sweeps").rglob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_sweep_plans(path, tmp_path):
+    from encsteal.experiments import verify_sweep
+
+    if verify_sweep.is_verify_sweep(path):  # a `verify:` file: one victim against suspects its `before` sweeps make
+        spec = verify_sweep.read_spec(path)
+        assert spec.suspects and all((s.checkpoint is None) != (s.random is None) for s in spec.suspects.values())
+        for before in spec.before:
+            assert plan(read_spec(before), tmp_path)
+        return
     runs = plan(read_spec(path), tmp_path)
     assert runs and len({run.id for run in runs}) == len(runs)
 

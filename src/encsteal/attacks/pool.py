@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,7 +40,8 @@ from encsteal.models import Encoder, build_encoder
 from encsteal.models.heads import ProjectionHead
 from encsteal.pretrain import pretrain_simclr
 from encsteal.target import Target
-from encsteal.training import TrainContext, channels_last, tensor_digest, to_float_batch
+from encsteal.distributed import check_batch, wrap
+from encsteal.training import TrainContext, channels_last, make_optimizer, tensor_digest, to_float_batch
 
 UNCERTAINTY_VIEWS = 4
 """Augmented views per pool image in the copy's uncertainty score."""
@@ -99,6 +101,38 @@ def unbought_term(unbought: torch.Tensor | None, config: AttackConfig, feature_d
         raise ConfigError("attack.unbought_weight learns from the pool images left unbought, and there are none: set "
                           "surrogate.pool above the images the budget buys")
     return UnboughtTerm(unbought, config, feature_dim, device)
+
+
+@dataclass
+class CopyInTraining:
+    """What a distilling attack trains: the copy, the unbought images' term (or None), the modules its state
+    saves and the optimizer of all their parameters."""
+
+    stolen: Encoder
+    extra: UnboughtTerm | None
+    modules: dict[str, nn.Module]
+    optimizer: torch.optim.Optimizer
+
+    def model(self, config: AttackConfig, surrogate: torch.Tensor, ctx: TrainContext):
+        """The views' augmentation and the copy as it trains (compiled if asked, data-parallel under torchrun),
+        in training mode; checks that the batch splits over the processes."""
+        augment = build_augmentation(config.augment, surrogate.shape[-1], config.crop_scale).to(ctx.device)
+        check_batch(config.batch_size, len(surrogate), ctx.dist, "attack.batch_size")
+        model = ctx.compiled(wrap(self.stolen, ctx.dist, ctx.device))
+        model.train()
+        return augment, model
+
+
+def start_copy(config: AttackConfig, out_dim: int, init: Encoder | None, unbought: torch.Tensor | None,
+               ctx: TrainContext) -> CopyInTraining:
+    """The copy (`new_copy`, seeded by ctx.seed), its unbought term and its optimizer."""
+    torch.manual_seed(ctx.seed)
+    stolen = new_copy(config, out_dim, init).to(ctx.device).to(memory_format=torch.channels_last)
+    extra = unbought_term(unbought, config, stolen.feature_dim, ctx.device)
+    modules = {"stolen": stolen, **({"head": extra.head} if extra is not None else {})}
+    parameters = [p for module in modules.values() for p in module.parameters()]
+    optimizer = make_optimizer(config.optimizer, parameters, config.lr, config.weight_decay, config.momentum)
+    return CopyInTraining(stolen, extra, modules, optimizer)
 
 
 def pool_encoder(pool: torch.Tensor, config: AttackConfig, seed: int, encoder_dir: Path,

@@ -29,14 +29,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from encsteal.attacks.pool import new_copy, unbought_term
+from encsteal.attacks.pool import start_copy
 from encsteal.augment import build_augmentation
 from encsteal.config import AttackConfig, ConfigError
-from encsteal.distributed import check_batch, gather, shard, unwrap, wrap
+from encsteal.distributed import gather, shard, unwrap
 from encsteal.losses import LABELLED_LOSSES, MIN_BATCH_SIZES, StealingLoss, stealing_loss
 from encsteal.models import Encoder
 from encsteal.target import Target
-from encsteal.training import EpochLoop, TrainContext, channels_last_cat, make_optimizer, to_float_batch
+from encsteal.training import EpochLoop, TrainContext, channels_last_cat, to_float_batch
 
 
 def _prepare(features: torch.Tensor, config: AttackConfig) -> torch.Tensor:
@@ -80,24 +80,16 @@ def _train(
 ) -> Encoder:
     """The training loop shared by both variants; query_target is set only for query-aug."""
     device, dist = ctx.device, ctx.dist
-    torch.manual_seed(ctx.seed)
-    stolen = new_copy(config, target_features.shape[1], init).to(device).to(memory_format=torch.channels_last)
-    extra = unbought_term(unbought, config, stolen.feature_dim, device)
-    heads = {"head": extra.head} if extra is not None else {}
-    parameters = [*stolen.parameters(), *(p for head in heads.values() for p in head.parameters())]
-    optimizer = make_optimizer(config.optimizer, parameters, config.lr, config.weight_decay, config.momentum)
+    copy = start_copy(config, target_features.shape[1], init, unbought, ctx)
+    extra = copy.extra
     views = config.views if config.lam > 0 else 0
     extra_images = 2 * extra.batch_size if extra is not None else 0
-    loop = EpochLoop(ctx, {"stolen": stolen, **heads}, optimizer, {"attack": config.recipe()}, surrogate,
+    loop = EpochLoop(ctx, copy.modules, copy.optimizer, {"attack": config.recipe()}, surrogate,
                      stage="steal", title=f"stealing ({config.arch})", epochs=config.epochs,
                      batch_size=config.batch_size, lr=config.lr, lr_schedule=config.lr_schedule,
                      images_per_step=config.batch_size * (1 + views) + extra_images)
     loss_fn = stealing_loss(config.loss, config.temperature)
-    augment = build_augmentation(config.augment, surrogate.shape[-1], config.crop_scale).to(device)
-    check_batch(config.batch_size, len(surrogate), dist, "attack.batch_size")
-    model = ctx.compiled(wrap(stolen, dist, device))
-
-    model.train()
+    augment, model = copy.model(config, surrogate, ctx)
     for index in loop:
         x = to_float_batch(surrogate[index], device)
         augmented = [augment(x) for _ in range(views)]
