@@ -192,11 +192,15 @@ def share(config: Config, runs_dir: Path, share_queries: bool) -> Config:
             identity["shadows"] = shadows
         if config.target.accounts != 1:
             identity["accounts"] = config.target.accounts
+        if config.attack.adaptive.below_cache():  # aligned answers, other accounts, cover in the stream
+            identity["adaptive"] = config.attack.adaptive.below_cache()
         if any(isinstance(d, ACCOUNT_AWARE) for d in config.target.defenses):
             # answers depend on the account's stream: shared only by runs that ask the same images in the same order
             identity["stream"] = {"surrogate": config.surrogate.model_dump(mode="json"), "seed": config.seed,
                                   "data": config.data.model_dump(mode="json", exclude={"root"}),
-                                  "batch": config.target.query_batch_size}
+                                  "batch": config.target.query_batch_size,
+                                  **({"adaptive": config.attack.adaptive.model_dump(mode="json")}
+                                     if config.attack.adaptive != type(config.attack.adaptive)() else {})}
         update["query_cache"] = runs_dir / "caches" / f"{_digest(identity)}.sqlite"
     if update:
         config = config.model_copy(update={"target": config.target.model_copy(update=update)})
