@@ -63,6 +63,12 @@ def test_a_tiny_matrix_reports_both_sides_of_every_cell_and_resumes(tmp_path, on
     assert float(rows[("averaged", "noise")]["queries"]) == 48  # 24 images, each asked twice
     assert float(rows[("plain", "detection")]["flagged_share"]) == 1.0 and rows[("plain", "detection")]["flagged_at"]
     assert rows[("plain", "none")]["flagged_share"] == ""  # no account-aware defense: nobody to flag
+    with (tmp_path / "runs" / "matrix-per-seed.csv").open() as handle:
+        seeds = {(r["attack"], r["defense"], r["seed"]): r for r in csv.DictReader(handle)}
+    noised, clean = seeds[("plain", "noise", "0")], seeds[("plain", "none", "0")]
+    assert noised["TA"] == clean["TA"] and noised["TA_served"] != ""  # G against the undefended encoder
+    assert float(noised["G"]) == pytest.approx((float(noised["SA"]) - float(noised["R"]))
+                                               / (float(clean["TA"]) - float(noised["R"])))
     text = report.read_text()
     assert "| plain | detection |" in text and "100% of accounts, first at" in text
     assert all((tmp_path / "runs" / f"heatmap-{m}.png").stat().st_size > 0

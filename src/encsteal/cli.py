@@ -394,6 +394,34 @@ def matrix(
     console.print(f"report: {_guard(start)}")
 
 
+@app.command()
+def audit(
+    checkpoint: Annotated[Path, typer.Argument(help="The provider's encoder (.safetensors), as it would be served.")],
+    defense: Annotated[Optional[list[str]], typer.Option("--defense", help="A deployment to audit beside the "
+                       "undefended encoder, NAME:key=value,...; 'a > b' stacks defenses (repeatable).")] = None,
+    preset: Annotated[str, typer.Option(help="The preset the runs start from (data, probes, customers).")] = "demo",
+    budget: Annotated[Optional[list[str]], typer.Option("--budget", help="Query budgets, a count or a share such as "
+                      "5% (repeatable; default 1%, 2%, 5%).")] = None,
+    attack: Annotated[Optional[list[str]], typer.Option("--attack", help="Attacks (default: stolenencoder, "
+                      "cont-steal and the adaptive ones that face a deployment).")] = None,
+    price: Annotated[float, typer.Option(min=0, help="Money per image answered.")] = 0.0001,
+    public: Annotated[Optional[str], typer.Option(help="DATASET[:split] the target never trained on, for the "
+                      "ownership verification (default: its pre-training dataset's test split).")] = None,
+    seed: Annotated[Optional[list[int]], typer.Option("--seed", help="Seeds (repeatable; default 0).")] = None,
+    out: Annotated[Path, typer.Option(help="Where the runs, audit.json and audit.html go.")] = Path("runs/audit"),
+    overrides: Overrides = None,
+    quiet: Quiet = False,
+) -> None:
+    """How cheaply can this encoder be copied, and could its owner prove it? The strongest attacks at growing
+    budgets against each deployment; writes audit.html (self-contained) and audit.json."""
+    from encsteal.experiments.audit import BUDGETS, run_audit
+
+    page = _guard(lambda: run_audit(checkpoint, defense or [], out, preset=preset, budgets=budget or list(BUDGETS),
+                                    attacks=attack, price=price, seeds=seed or [0], public=public,
+                                    overrides=overrides or [], progress=not quiet, echo=console.print))
+    console.print(f"report: {page} (and audit.json beside it)")
+
+
 def _verify_report_path(grid: Path) -> Path:
     from encsteal.experiments.verify_sweep import read_spec
 

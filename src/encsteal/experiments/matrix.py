@@ -247,7 +247,7 @@ def _digest(tree) -> str:
 # The cells
 
 
-MEASURES = ("G", "SA", "TA", "R", "SA_over_TA", "queries", "money", "pow_seconds", "flagged_share", "flagged_at",
+MEASURES = ("G", "G_served", "SA", "TA", "TA_served", "R", "SA_over_TA", "queries", "money", "pow_seconds", "flagged_share", "flagged_at",
             "ownership_p", "customer_loss")
 """Each cell's figures, averaged over its seeds (with a `_ci95` column beside each)."""
 HEATMAPS = {"G": "captured gain G", "customer_loss": "legitimate users' loss (accuracy points)",
@@ -262,6 +262,7 @@ def cell_record(row: dict, verification: dict | None, price: float, task: str | 
     if row["status"] != "done":
         return record
     results = json.loads(row["results"])
+    config = yaml.safe_load(row["config"])
     name = task or next(iter(results["downstream"]))
     figures = results["downstream"][name]
     accounts = results.get("attacker_accounts", [])
@@ -270,7 +271,9 @@ def cell_record(row: dict, verification: dict | None, price: float, task: str | 
     cost = results.get("cost")
     record.update({
         "task": name, "TA": figures["TA"], "SA": figures["SA"], "R": figures["R"], "SA_over_TA": figures["SA_over_TA"],
-        "G": figures["gain_captured"], "queries": results["queries"],
+        "TA_served": figures["TA"],
+        "G": figures["gain_captured"], "G_served": figures["gain_captured"], "queries": results["queries"],
+        "undefended": not config["target"]["defenses"], "checkpoint": config["target"]["checkpoint"],
         "money": cost if cost is not None else results["queries"] * price,
         "pow_seconds": sum(a.get("pow_seconds", 0.0) for a in accounts),
         "accounts": len(accounts) or None,
@@ -305,6 +308,7 @@ def over_seeds(records: list[dict]) -> list[dict]:
             cell[measure], cell[f"{measure}_ci95"] = interval(values) if values else (None, None)
         verdicts = [rec["ownership"] for rec in done if rec.get("ownership")]
         cell["ownership"] = f"{verdicts.count('stolen')}/{len(verdicts)} stolen" if verdicts else None
+        cell["copies_verified"], cell["copies_proven"] = len(verdicts), verdicts.count("stolen")
         cell["task"] = done[0]["task"]
         out.append(cell)
     return out
@@ -328,7 +332,23 @@ def matrix_records(path: Path) -> tuple[MatrixSpec, Path, list[dict]]:
     planned = [cell_id(*cell) for cell in cells(spec, str(path))]
     records = [cell_record(rows[run_id], verified.get(run_id), spec.price, spec.task)
                for run_id in planned if run_id in rows]
-    return spec, runs_dir, records
+    return spec, runs_dir, against_undefended(records)
+
+
+def against_undefended(records: list[dict]) -> list[dict]:
+    """G of every copy against the undefended target's TA (the provider's encoder, whose gain the attacker is after),
+    taken from an undefended cell of the same target, seed and task; a stateless defense lowers the TA a run measures
+    on the served features, which would flatter the copy. Cells without an undefended twin keep that G (`G_served`)."""
+    clean = {(r["checkpoint"], r["seed"], r["task"]): r["TA"] for r in records
+             if r["status"] == "done" and r["undefended"]}
+    for record in records:
+        if record["status"] != "done":
+            continue
+        ta = clean.get((record["checkpoint"], record["seed"], record["task"]))
+        if ta is not None:
+            record["TA"], record["SA_over_TA"] = ta, record["SA"] / ta
+            record["G"] = (record["SA"] - record["R"]) / (ta - record["R"]) if ta != record["R"] else None
+    return records
 
 
 # --------------------------------------------------------------------------------------------------
@@ -374,7 +394,9 @@ def _p(value: float | None) -> str:
 def markdown(spec: MatrixSpec, cells_: list[dict], title: str) -> str:
     lines = [f"# {title}", "",
              "Every attack against every defense; each cell is the mean over its seeds (± the half-width of the "
-             "95 % Student-t interval where there were several). G = (SA − R)/(TA − R), the attacker's captured gain; "
+             "95 % Student-t interval where there were several). G = (SA − R)/(TA − R), the attacker's captured gain "
+             "of the undefended target (TA: its accuracy, from the matrix's undefended cell of the same seed; "
+             "matrix.csv's G_served is against the accuracy on the served features); "
              "money: what the run was billed, else queries × the price per image "
              f"({spec.price:g}); PoW: CPU seconds spent on proof-of-work; flagged: the share of the attacker's "
              "accounts a detection flagged and the images the first had sent then; p: the smallest p-value of the "
