@@ -1,4 +1,4 @@
-"""encsteal's command line: `encsteal demo | run | pretrain | steal | evaluate | sweep | traffic | report | tables | serve | accounts | verify | presets | config`.
+"""encsteal's command line: `encsteal demo | run | pretrain | steal | evaluate | sweep | matrix | audit | traffic | report | tables | serve | accounts | verify | presets | config`.
 
 Every command takes a preset (a YAML file or a shipped name such as `demo` or `fmnist-bench/target`) and
 `key=value` overrides, e.g. `encsteal run demo attack.epochs=20 surrogate.size=2%`.
@@ -350,6 +350,76 @@ def sweep(
         return run_sweep(grid, progress=False, echo=console.print, executor=jobs)
 
     console.print(markdown_table(_guard(start)))
+
+
+@app.command()
+def matrix(
+    spec: Annotated[Path, typer.Argument(help="A matrix file: base preset, attacks, defenses (see docs/matrix.md).")],
+    cell: Annotated[Optional[list[str]], typer.Option("--cell", help="Run only this cell, <attack>__<defense> "
+                                                      "(repeatable).")] = None,
+    plan_only: Annotated[bool, typer.Option("--plan", help="List the cells and their runs; run nothing.")] = False,
+    report_only: Annotated[bool, typer.Option("--report", help="Write the report from what has finished; run "
+                                              "nothing.")] = False,
+    executor: Annotated[str, typer.Option(help="inline (here, one run after another) or submitit (jobs).")] = "inline",
+    cluster: Annotated[str, typer.Option(help="submitit: auto, slurm, local (processes here) or debug.")] = "auto",
+    partition: Annotated[Optional[str], typer.Option(help="submitit on SLURM: the partition.")] = None,
+    gpus: Annotated[int, typer.Option(min=0, help="submitit: GPUs per job.")] = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Every attack against every defense, a sweep underneath: G, SA/TA, queries, money, proof-of-work, flags, the
+    ownership verdict on each copy and the legitimate users' loss; writes matrix.md, matrix.csv and heat maps."""
+    from encsteal.experiments.matrix import plan_matrix, read_matrix, run_matrix, write_matrix_report
+
+    if plan_only:
+        _, runs_dir, planned = _guard(lambda: plan_matrix(spec, cell or []))
+        for run in planned:
+            console.print(run.id)
+        console.print(f"{len(planned)} run(s) in {runs_dir}")
+        return
+    if report_only:
+        console.print(f"report: {_guard(lambda: write_matrix_report(spec))}")
+        return
+
+    def start() -> Path:
+        jobs = None
+        if executor == "submitit":
+            from encsteal.experiments.dispatch import SubmititExecutor
+
+            jobs = SubmititExecutor(read_matrix(spec).runs_dir_for(spec) / "jobs", cluster, partition, gpus=gpus)
+        elif executor != "inline":
+            raise ConfigError(f"--executor {executor}: use inline or submitit")
+        return run_matrix(spec, selected=cell or [], progress=not quiet and jobs is None, echo=console.print,
+                          executor=jobs)
+
+    console.print(f"report: {_guard(start)}")
+
+
+@app.command()
+def audit(
+    checkpoint: Annotated[Path, typer.Argument(help="The provider's encoder (.safetensors), as it would be served.")],
+    defense: Annotated[Optional[list[str]], typer.Option("--defense", help="A deployment to audit beside the "
+                       "undefended encoder, NAME:key=value,...; 'a > b' stacks defenses (repeatable).")] = None,
+    preset: Annotated[str, typer.Option(help="The preset the runs start from (data, probes, customers).")] = "demo",
+    budget: Annotated[Optional[list[str]], typer.Option("--budget", help="Query budgets, a count or a share such as "
+                      "5% (repeatable; default 1%, 2%, 5%).")] = None,
+    attack: Annotated[Optional[list[str]], typer.Option("--attack", help="Attacks (default: stolenencoder, "
+                      "cont-steal and the adaptive ones that face a deployment).")] = None,
+    price: Annotated[float, typer.Option(min=0, help="Money per image answered.")] = 0.0001,
+    public: Annotated[Optional[str], typer.Option(help="DATASET[:split] the target never trained on, for the "
+                      "ownership verification (default: its pre-training dataset's test split).")] = None,
+    seed: Annotated[Optional[list[int]], typer.Option("--seed", help="Seeds (repeatable; default 0).")] = None,
+    out: Annotated[Path, typer.Option(help="Where the runs, audit.json and audit.html go.")] = Path("runs/audit"),
+    overrides: Overrides = None,
+    quiet: Quiet = False,
+) -> None:
+    """How cheaply can this encoder be copied, and could its owner prove it? The strongest attacks at growing
+    budgets against each deployment; writes audit.html (self-contained) and audit.json."""
+    from encsteal.experiments.audit import BUDGETS, run_audit
+
+    page = _guard(lambda: run_audit(checkpoint, defense or [], out, preset=preset, budgets=budget or list(BUDGETS),
+                                    attacks=attack, price=price, seeds=seed or [0], public=public,
+                                    overrides=overrides or [], progress=not quiet, echo=console.print))
+    console.print(f"report: {page} (and audit.json beside it)")
 
 
 def _verify_report_path(grid: Path) -> Path:

@@ -377,6 +377,47 @@ class PoolSimclrConfig(Section):
     _check_augment = field_validator("augment")(_augmentations)
 
 
+class AdaptiveConfig(Section):
+    """The attacker adapting to the defense it faces (encsteal.attacks.adaptive). Every option is off by default.
+    Sybil accounts that split the budget are target.accounts."""
+
+    align_anchors: int = Field(0, ge=0)
+    """Against per-account transformations (B4B): query this many of the attacker's images (the anchors) through
+    every account first, and map each account's answers into the first account's space by an affine map fitted on
+    the anchors (least squares); 0: off. The anchors' queries count, through every account."""
+    repeats: int = Field(1, ge=1)
+    """Against noise drawn per image: ask each image this many times as near-duplicates (each pixel moved by at
+    most `jitter`, the first copy unchanged) and average the answers. Costs `repeats` queries per image: the budget
+    buys size / repeats images."""
+    jitter: int = Field(2, ge=1, le=32)
+    """The largest change of a pixel (0-255) in a near-duplicate."""
+    account_queries: int | None = Field(None, ge=1)
+    """Against per-account thresholds (detection, B4B's coverage): each account sends at most this many images,
+    then a fresh account takes over (as many as the budget needs; in-process targets). None: off."""
+    mix: float = Field(0.0, ge=0, le=10)
+    """Against distance tests (PRADA): this many benign-looking cover images per attack image, mixed into every
+    request (answers discarded, queries paid)."""
+    cover: str = "natural-crops"
+    """The dataset (train split) the cover images are drawn from."""
+    recover: Literal["none", "pca"] = "none"
+    """Recover clean features from perturbed ones before training: pca projects the answers onto the principal
+    components that stand above the noise floor, each shrunk by its share of signal (encsteal.attacks.adaptive)."""
+
+    _check_cover = field_validator("cover")(_dataset)
+
+    def below_cache(self) -> dict:
+        """The settings that change what the query cache holds (the accounts' streams, the aligned answers): runs
+        sharing a cache must agree on them. Averaging and recovery work above the cache, on answers it keeps."""
+        out: dict = {}
+        if self.align_anchors:
+            out["align_anchors"] = self.align_anchors
+        if self.account_queries is not None:
+            out["account_queries"] = self.account_queries
+        if self.mix:
+            out.update(mix=self.mix, cover=self.cover)
+        return out
+
+
 class AttackConfig(Section):
     """The attacker's training (StolenEncoder §V-A defaults: ResNet34, l2, lambda=20, 100 epochs, Adam 1e-3, batch 64)."""
 
@@ -429,6 +470,9 @@ class AttackConfig(Section):
     """μ: with unbought pool images, add μ times SimCLR's NT-Xent between two views of each of a batch of them,
     through a projection head on the copy (self-supervised consistency on what was not bought); 0: unused."""
 
+    adaptive: AdaptiveConfig = AdaptiveConfig()
+    """The attacker adapting to the defense (sybils aligned, noise averaged, thresholds avoided, features recovered)."""
+
     _check_crop_scales = field_validator("crop_scale", "bought_crop_scale")(_crop_scale)
 
     _check_name = field_validator("name")(_attack)
@@ -446,11 +490,14 @@ class AttackConfig(Section):
         tree = self.model_dump(mode="json", exclude=unset or None)
         if "pool_simclr" in tree:
             tree["pool_simclr"].pop("cache")
+        if "adaptive" in tree:  # its settings at their defaults left out too, so that adding one changes no recipe
+            tree["adaptive"] = self.adaptive.model_dump(mode="json", exclude_defaults=True)
         return tree
 
 
 QUERY_EFFICIENCY_KEYS = ("crop_scale", "bought_views", "bought_augment", "bought_crop_scale", "prototype_views",
-                         "discriminate_weight", "align_weight", "init", "pool_simclr", "unbought_weight")
+                         "discriminate_weight", "align_weight", "init", "pool_simclr", "unbought_weight", "adaptive")
+"""Keys left out of the attack's recipe while at their defaults (added after copies were made)."""
 
 
 class ProbeConfig(Section):
@@ -563,6 +610,19 @@ class Config(Section):
 
     def resolved_run_dir(self) -> Path:
         return self.run_dir if self.run_dir is not None else Path("runs") / self.name
+
+    @model_validator(mode="after")
+    def _check_adaptive(self) -> Config:
+        adaptive, target = self.attack.adaptive, self.target
+        if adaptive.align_anchors and target.accounts == 1 and adaptive.account_queries is None:
+            raise ValueError("attack.adaptive.align_anchors maps several accounts' answers into one space: set "
+                             "target.accounts above 1 or attack.adaptive.account_queries")
+        if adaptive.account_queries is not None and (target.kind != "local" or target.accounts != 1):
+            raise ValueError("attack.adaptive.account_queries opens accounts as it needs them: it needs target.kind "
+                             "local and target.accounts 1")
+        if (adaptive.align_anchors or adaptive.mix) and target.kind == "http":
+            raise ValueError("attack.adaptive.align_anchors and mix run against kinds local and served")
+        return self
 
     @model_validator(mode="after")
     def _check_pool_encoder(self) -> Config:

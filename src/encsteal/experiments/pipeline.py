@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from encsteal.attacks import ATTACKS, QUERIES_PER_IMAGE
+from encsteal.attacks.adaptive import account_layer, answer_layer, extra_queries
 from encsteal.attacks.pool import buy_and_steal
 from encsteal.checkpoint import file_digest, load_encoder, provenance, reusable, save_encoder
 from encsteal.config import Config, ConfigError, TargetConfig, dump_config
@@ -42,7 +43,7 @@ from encsteal.service.dialects.target import WireTarget, open_target, served_url
 from encsteal.service.ledger import Ledger
 from encsteal.service.provider import served, with_center, with_shadow
 from encsteal.service.server import ServeSettings
-from encsteal.target import LocalTarget, SybilTarget, Target
+from encsteal.target import LocalTarget, Target
 from encsteal.training import MetricsLog, TrainContext, keep_freed_memory, resolve_device, seed_everything
 
 
@@ -204,47 +205,75 @@ def simulated_accounts_path(run: Run) -> Path:
     return cache.with_name(cache.stem + ".accounts.json")
 
 
-def _local_attack_target(run: Run) -> tuple[Target, str, SimulatedAccounts]:
-    """The in-process victim of the attack: one target per attacker account (sybils in turn), the defenses'
-    per-account states in simulated accounts; and its identity for the query cache."""
+def _local_attack_target(run: Run, adversary: Adversary) -> tuple[Target, str, SimulatedAccounts]:
+    """The in-process victim of the attack: one target per attacker account (sybils in turn, or opened as the
+    attacker needs them), the defenses' per-account states in simulated accounts; and its identity for the query
+    cache."""
     config = run.config
     encoder, _ = _target_encoder(run)
     size = config.data.image_size
     configs = defense_configs(run)
     accounts = SimulatedAccounts(simulated_accounts_path(run))
-    targets = [LocalTarget(encoder, image_size=size, device=run.device, batch_size=config.target.query_batch_size,
-                           defenses=[build_defense(c, run.device, size) for c in configs], account=name,
-                           accounts=accounts)
-               for name in attacker_accounts(config.target.accounts)]
-    target: Target = targets[0] if len(targets) == 1 else SybilTarget(targets)
+    defenses = [build_defense(c, run.device, size) for c in configs]
+
+    def open_account(index: int) -> LocalTarget:
+        return LocalTarget(encoder, image_size=size, device=run.device, batch_size=config.target.query_batch_size,
+                           defenses=defenses, account=attacker_accounts(index + 1)[-1], accounts=accounts)
+
+    target = adversary.accounts(open_account, config.target.accounts)
     suffix = "" if config.target.accounts == 1 else f"|accounts={config.target.accounts}"
-    return target, f"local:{file_digest(run.target_path)}|{identity(configs)}{suffix}", accounts
+    return target, f"local:{file_digest(run.target_path)}|{identity(configs)}{suffix}{adversary.identity()}", accounts
+
+
+@dataclass
+class Adversary:
+    """What the adaptive attacker (attack.adaptive) brings to its accounts: the anchors it aligns them on and the
+    cover images it mixes in (encsteal.attacks.adaptive)."""
+
+    config: Config
+    anchors: torch.Tensor | None = None
+    cover: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, run: Run, pool: torch.Tensor) -> Adversary:
+        adaptive, seed = run.config.attack.adaptive, run.config.seed
+        anchors = pool[draw(min(adaptive.align_anchors, len(pool)), len(pool), seed + 13)] \
+            if adaptive.align_anchors else None
+        cover = load_dataset(adaptive.cover, "train", **run.data_kwargs()).images if adaptive.mix else None
+        return cls(run.config, anchors, cover)
+
+    def accounts(self, open_account: Callable[[int], Target], count: int) -> Target:
+        return account_layer(open_account, count, self.config.attack.adaptive, self.anchors, self.cover,
+                             self.config.seed)
+
+    def identity(self) -> str:
+        below = self.config.attack.adaptive.below_cache()
+        return "" if not below else "|adaptive=" + ",".join(f"{key}={value}" for key, value in below.items())
 
 
 @contextmanager
-def _victim(run: Run) -> Iterator[tuple[Target, str, Callable[[], float | None]]]:
+def _victim(run: Run, adversary: Adversary) -> Iterator[tuple[Target, str, Callable[[], float | None]]]:
     """The attack's target for target.kind, its identity (the query cache's key) and a function giving the
     money spent so far (None where nothing is billed)."""
     config = run.config
     kind = config.target.kind
     if kind == "local":
-        target, target_id, _ = _local_attack_target(run)
+        target, target_id, _ = _local_attack_target(run, adversary)
         yield target, target_id, lambda: None
         return
     if kind == "http":
         url, key = config.target.url, config.target.resolved_api_key() or ""
-        with _clients(url, [key], config.target) as victim:
+        with _clients(url, [key], config.target, adversary) as victim:
             yield victim
         return
     # served: the provider's API in a child process, with the attacker's accounts for this run
     settings = ServeSettings(checkpoint=run.target_path, db=str(run.dir / "service.sqlite"), defenses=defense_configs(run))
     names = attacker_accounts(config.target.accounts)
     with served(settings, run.dir / "api_key", config.target.price, names) as (url, keys):
-        with _clients(served_url(url, config.target.wire), keys, config.target, ledger_url=url) as victim:
+        with _clients(served_url(url, config.target.wire), keys, config.target, adversary, ledger_url=url) as victim:
             yield victim
             target = victim[0]
-            clients = target.targets if isinstance(target, SybilTarget) else [target]
-            run.served_accounts = served_figures(run, settings.db, names, clients)
+            run.served_accounts = served_figures(run, settings.db, names, account_channels(victim[0]))
 
 
 def served_figures(run: Run, db: str, names: list[str], clients: list[HttpTarget]) -> list[dict]:
@@ -259,7 +288,7 @@ def served_figures(run: Run, db: str, names: list[str], clients: list[HttpTarget
 
 
 @contextmanager
-def _clients(url: str, keys: list[str], target: TargetConfig, ledger_url: str | None = None
+def _clients(url: str, keys: list[str], target: TargetConfig, adversary: Adversary, ledger_url: str | None = None
              ) -> Iterator[tuple[Target, str, Callable[[], float | None]]]:
     """The clients of the API at `url` in target.wire, one per key (several: the attacker's sybil accounts, taking
     requests in turn); with their identity and the money spent: the accounts' spending in the ledger of
@@ -268,22 +297,27 @@ def _clients(url: str, keys: list[str], target: TargetConfig, ledger_url: str | 
     clients = [open_target(url, key, target.wire, model=target.model, encoding_format=target.encoding_format,
                            extra_body=target.extra_body, batch_size=target.query_batch_size) for key in keys]
     ledgers = [] if ledger_url is None else [HttpTarget(ledger_url, key) for key in keys]
-    victim: Target = clients[0] if len(clients) == 1 else SybilTarget(clients)
+    victim = adversary.accounts(lambda index: clients[index], len(clients))
 
     def spent() -> float | None:
         amounts = [account.usage()["spent"] for account in (ledgers or clients)]
         return None if any(amount is None for amount in amounts) else sum(amounts)
 
     try:
-        yield victim, f"http:{clients[0].model_id}", spent
+        yield victim, f"http:{clients[0].model_id}{adversary.identity()}", spent
     finally:
         for client in clients + ledgers:
             client.close()
 
 
+def account_channels(target: Target) -> list[Target]:
+    """The attacker's own channel to each of its accounts (an HttpTarget, a LocalTarget), under the adaptive layers."""
+    return [getattr(account, "target", account) for account in getattr(target, "targets", [target])]
+
+
 def billed_units(target: Target) -> dict[str, int] | None:
     """What a service of another wire billed, in its own unit ({"tokens": 1234}); None for the others."""
-    clients = target.targets if isinstance(target, SybilTarget) else [target]
+    clients = account_channels(target)
     if not all(isinstance(client, WireTarget) for client in clients):
         return None
     totals: dict[str, int] = {}
@@ -316,13 +350,16 @@ def steal(run: Run) -> Path:
     seed_everything(config.seed)
     pool, surrogate_record = surrogate_images(
         config.surrogate, target_meta.get("pretraining_data"), config.seed,
-        queries_per_image=QUERIES_PER_IMAGE[config.attack.name](config.attack), **run.data_kwargs()
+        queries_per_image=QUERIES_PER_IMAGE[config.attack.name](config.attack) * config.attack.adaptive.repeats,
+        **run.data_kwargs()
     )
     labels = _surrogate_labels(surrogate_record, run)
     encoder_dir = config.attack.pool_simclr.cache or run.dir
 
-    def attack(target: Target, ctx: TrainContext):
-        """Choose what to buy from the pool and steal with it (encsteal.attacks.pool)."""
+    def attack(answers: Target, ctx: TrainContext):
+        """Choose what to buy from the pool and steal with it (encsteal.attacks.pool), through the adaptive
+        attacker's averaging and recovery (encsteal.attacks.adaptive)."""
+        target = answer_layer(answers, config.attack.adaptive, config.seed)
         return buy_and_steal(ATTACKS[config.attack.name], target, pool, labels, surrogate_record["images"],
                              config.attack, config.surrogate, ctx=ctx, context=run.context, encoder_dir=encoder_dir)
 
@@ -330,7 +367,7 @@ def steal(run: Run) -> Path:
         attack(SharedAnswers(None, run.dist), run.context("steal", recipe))
         barrier(run.dist)  # until rank 0 has written the stolen encoder
         return run.stolen_path
-    with _victim(run) as (target, target_id, spent):
+    with _victim(run, Adversary.of(run, pool)) as (target, target_id, spent):
         cache = QueryCache(config.target.query_cache or run.dir / "queries.sqlite", target_id)
         cached = CachedTarget(target, cache, run=str(run.dir.resolve()), batch_size=config.target.query_batch_size,
                               progress=run.progress)
@@ -339,6 +376,7 @@ def steal(run: Run) -> Path:
         seconds = ctx.seconds()  # a killed run's seconds count too
         cost = spent()
         billed = billed_units(target)
+        extra = extra_queries(target)
     accounts = attacker_figures(run) if config.target.kind == "local" else run.served_accounts
     if config.surrogate.pool is not None:  # which of the pool was bought (the pool's indices say what it held)
         surrogate_record["bought"] = [surrogate_record["indices"][i] for i in bought.tolist()]
@@ -347,8 +385,9 @@ def steal(run: Run) -> Path:
         "recipe": recipe,
         "image_size": config.data.image_size,
         "surrogate": surrogate_record,
-        "queries": cache.asked(str(run.dir.resolve())),
-        "queries_this_run": cached.queries,
+        "queries": cache.asked(str(run.dir.resolve())) + extra,
+        **({"queries_adaptive": extra} if extra else {}),
+        "queries_this_run": cached.queries + extra,
         "queries_reused": cached.reused,
         "cost": cost,
         **({"billed": billed} if billed is not None else {}),
@@ -363,15 +402,28 @@ def steal(run: Run) -> Path:
 
 
 def attacker_figures(run: Run) -> list[dict]:
-    """Per attacker account, what the provider's account-aware defenses hold: images, proof-of-work CPU seconds
-    and the latest figures of every defense (coverage, σ, statistics, flag). Empty without such defenses."""
+    """Per attacker account, what the provider's account-aware defenses hold: images, proof-of-work CPU seconds,
+    the latest figures of every defense (coverage, σ, statistics, flag) and the images the account had sent when a
+    defense first flagged it (`flagged_at`, None if never). Empty without such defenses."""
     config = run.config
     if not any(isinstance(d, ACCOUNT_AWARE) for d in config.target.defenses) or config.target.kind != "local":
         return []
     accounts = SimulatedAccounts(simulated_accounts_path(run))
+    opened = max(config.target.accounts, len(accounts.accounts))  # paced attackers open accounts as they go
     return [{"account": name, "images": accounts.account(name).images, "pow_seconds": accounts.account(name).pow_seconds,
-             "pow_hashes": accounts.account(name).pow_hashes, "figures": accounts.figures(name)}
-            for name in attacker_accounts(config.target.accounts)]
+             "pow_hashes": accounts.account(name).pow_hashes, "figures": accounts.figures(name),
+             "flagged_at": flagged_at(accounts.account(name).history)}
+            for name in attacker_accounts(opened) if name in accounts.accounts]
+
+
+def flagged_at(history: list[dict]) -> int | None:
+    """The images an account had sent when a defense first flagged it (its request included), None if never."""
+    images = 0
+    for request in history:
+        images += request["images"]
+        if any(figures.get("flagged") for figures in request["figures"].values()):
+            return images
+    return None
 
 
 def customers(run: Run, configs: list) -> list[dict]:

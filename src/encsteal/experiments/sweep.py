@@ -192,11 +192,15 @@ def share(config: Config, runs_dir: Path, share_queries: bool) -> Config:
             identity["shadows"] = shadows
         if config.target.accounts != 1:
             identity["accounts"] = config.target.accounts
+        if config.attack.adaptive.below_cache():  # aligned answers, other accounts, cover in the stream
+            identity["adaptive"] = config.attack.adaptive.below_cache()
         if any(isinstance(d, ACCOUNT_AWARE) for d in config.target.defenses):
             # answers depend on the account's stream: shared only by runs that ask the same images in the same order
             identity["stream"] = {"surrogate": config.surrogate.model_dump(mode="json"), "seed": config.seed,
                                   "data": config.data.model_dump(mode="json", exclude={"root"}),
-                                  "batch": config.target.query_batch_size}
+                                  "batch": config.target.query_batch_size,
+                                  **({"adaptive": config.attack.adaptive.model_dump(mode="json")}
+                                     if config.attack.adaptive != type(config.attack.adaptive)() else {})}
         update["query_cache"] = runs_dir / "caches" / f"{_digest(identity)}.sqlite"
     if update:
         config = config.model_copy(update={"target": config.target.model_copy(update=update)})
@@ -278,7 +282,13 @@ def execute(run_id: str, config: Config, progress: bool) -> Outcome:
 def pending(path: Path, echo=print) -> tuple[SweepSpec, ResultStore, list[PlannedRun]]:
     """The sweep's spec, store, and the runs still to do (with shared targets and caches)."""
     spec = read_spec(path)
-    runs_dir = spec.runs_dir_for(path)
+    store, todo = pending_runs(spec, spec.runs_dir_for(path), str(path), echo)
+    return spec, store, todo
+
+
+def pending_runs(spec: SweepSpec, runs_dir: Path, source: str, echo=print) -> tuple[ResultStore, list[PlannedRun]]:
+    """The store of a sweep (from a file, or made by another command: `source` names it in errors) and its runs
+    still to do."""
     planned = plan(spec, runs_dir)
     store = ResultStore(runs_dir / "results.sqlite")
     todo, stale = [], []
@@ -297,10 +307,10 @@ def pending(path: Path, echo=print) -> tuple[SweepSpec, ResultStore, list[Planne
         todo.append(PlannedRun(run.id, config))
     if stale:
         raise ConfigError(
-            f"{path}: these runs were done with other settings than the file now gives them: {'; '.join(stale)}. "
+            f"{source}: these runs were done with other settings than the file now gives them: {'; '.join(stale)}. "
             f"Give the changed cases new names to keep both, or delete their directories under {runs_dir} to run them again"
         )
-    return spec, store, todo
+    return store, todo
 
 
 def changed_keys(recorded: dict | None, planned: dict, prefix: str = "") -> list[str]:
@@ -320,7 +330,16 @@ def changed_keys(recorded: dict | None, planned: dict, prefix: str = "") -> list
 def run_sweep(path: Path, *, progress: bool = True, echo=print, executor=None) -> list[dict]:
     """Run every unfinished run of the sweep, here one after another, or as jobs of `executor`
     (encsteal.experiments.dispatch); returns the store's rows."""
-    spec, store, todo = pending(path, echo)
+    spec = read_spec(path)
+    rows = run_planned(spec, spec.runs_dir_for(path), str(path), progress=progress, echo=echo, executor=executor)
+    report_sweep(path, spec, rows)
+    return rows
+
+
+def run_planned(spec: SweepSpec, runs_dir: Path, source: str, *, progress: bool = True, echo=print,
+                executor=None) -> list[dict]:
+    """Run every unfinished run of a sweep's spec; returns the store's rows (no report)."""
+    store, todo = pending_runs(spec, runs_dir, source, echo)
     if executor is None:
         for index, run in enumerate(todo, 1):
             echo(f"[{index}/{len(todo)}] {run.id}")
@@ -331,9 +350,7 @@ def run_sweep(path: Path, *, progress: bool = True, echo=print, executor=None) -
     else:
         for run, outcome in executor.run(todo, echo):
             store.record(run.id, outcome.status, run.config, outcome.results, outcome.error, outcome.seconds)
-    rows = store.rows()
-    report_sweep(path, spec, rows)
-    return rows
+    return store.rows()
 
 
 def report_sweep(path: Path, spec: SweepSpec, rows: list[dict], x: str | None = None, series: str | None = None,

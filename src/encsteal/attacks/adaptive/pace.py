@@ -1,0 +1,59 @@
+"""Staying under per-account thresholds: a fresh account whenever one has sent its share.
+
+Detection flags an account whose coverage of the embedding space passes a threshold, B4B's noise grows with it,
+and proof-of-work's price too: every account-aware defense measures accounts, not attackers. An attacker who knows
+(or probes) how far an account may go before it is flagged sends at most `limit` images through each account and
+then opens the next one, `attacker`, `attacker-2`, ... One request may be split between two accounts. With an
+`Aligner`, every new account's answers are mapped into the first account's space (B4B transforms per account).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from encsteal.attacks.adaptive.align import Aligner
+from encsteal.target import Target
+
+
+class PacedAccounts:
+    """Accounts opened one after another (`open_account(i)` gives the i-th, from 0), each sending at most `limit`
+    images (the anchors included)."""
+
+    def __init__(self, open_account: Callable[[int], Target], limit: int, aligner: Aligner | None = None) -> None:
+        if aligner is not None and len(aligner.anchors) >= limit:
+            raise ValueError(f"the {len(aligner.anchors)} anchors leave no room under {limit} images per account")
+        self.open_account, self.limit, self.aligner = open_account, limit, aligner
+        self.accounts: list[Target] = []
+        self.maps: list = []
+
+    @property
+    def targets(self) -> list[Target]:
+        return self.accounts
+
+    @property
+    def queries(self) -> int:
+        return sum(account.queries for account in self.accounts)
+
+    @property
+    def extra_queries(self) -> int:
+        return 0 if self.aligner is None else self.aligner.queries
+
+    def _current(self) -> int:
+        if not self.accounts or self.accounts[-1].queries >= self.limit:
+            account = self.open_account(len(self.accounts))
+            self.maps.append(self.aligner.fit(account) if self.aligner is not None else (lambda features: features))
+            self.accounts.append(account)
+        return len(self.accounts) - 1
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        answers = []
+        start = 0
+        while start < len(images):
+            index = self._current()
+            room = self.limit - self.accounts[index].queries
+            part = images[start:start + room]
+            answers.append(self.maps[index](self.accounts[index].embed(part)))
+            start += len(part)
+        return torch.cat(answers)
