@@ -3,7 +3,6 @@ for, beside the attacker that does not adapt. At this size a copy's G moves by m
 between the two attackers, so the tests compare what each attacker gets to train on (its answers against the
 target's clean features) or whether it is stopped; the matrix (docs/matrix.md) measures G at demo scale."""
 
-from pathlib import Path
 
 import pytest
 import torch
