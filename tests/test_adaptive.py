@@ -17,7 +17,8 @@ from encsteal.data import load_dataset
 from encsteal.defenses import SimulatedAccounts, build_defense, parse_defense
 from encsteal.defenses.accounts import AccountRefused
 from encsteal.experiments.pipeline import run_all
-from encsteal.target import LocalTarget, SybilTarget
+from encsteal.query_cache import CachedTarget, QueryCache
+from encsteal.target import LocalTarget, SybilTarget, answered
 
 from conftest import tiny_checkpoint, tiny_tree
 
@@ -111,6 +112,49 @@ def test_paced_accounts_stay_under_the_coverage_threshold_that_stops_one_account
     assert len(answers) == len(x) and len(paced.accounts) >= len(x) // limit
     assert all(not spread.figures(name)["detection"]["flagged"] for name in spread.accounts)
     assert all(account.queries <= limit for account in paced.accounts)
+
+
+def test_sybils_and_paced_accounts_go_on_through_the_accounts_the_provider_has_not_refused(encoder, images, tmp_path):
+    """An attacker refused on one account keeps what it was answered (the query cache) and buys on through its
+    other accounts: sybils until every one is refused, a paced attacker by opening the next account."""
+    detection = "detection:coverage_threshold=8,prada_threshold=null,policy=refuse,bits=6,projections=4"
+    x = images["crops"][:600]
+
+    def bought(target, name: str) -> torch.Tensor:
+        cached = CachedTarget(target, QueryCache(tmp_path / f"{name}.sqlite", name), batch_size=REQUEST, progress=False)
+        return answered(cached.embed(x))
+
+    alone = bought(defended(encoder, detection), "alone")
+    assert 0 < alone.sum() < len(x)
+    spread = SimulatedAccounts()
+    sybils = SybilTarget([defended(encoder, detection, account=f"s{i}", accounts=spread) for i in range(3)])
+    kept = bought(sybils, "sybils")
+    assert sorted(sybils.refused) == [0, 1, 2]  # every account refused in the end, each after its own share
+    assert kept.sum() == sum(spread.account(f"s{i}").images for i in range(3)) > alone.sum()
+    paced_accounts = SimulatedAccounts()
+    paced = PacedAccounts(lambda i: defended(encoder, detection, account=f"p{i}", accounts=paced_accounts), len(x))
+    assert bought(paced, "paced").all() and len(paced.accounts) >= 2 and 0 in paced.refused
+
+
+def test_averaging_and_recovery_work_on_the_answers_a_refused_attacker_has(encoder, images):
+    class RefusedAfter:
+        """The first `count` images answered, the rest NaN (a query cache after a refusal)."""
+
+        def __init__(self, count: int) -> None:
+            self.count, self.queries, self.target = count, 0, defended(encoder, "noise:sigma=1.0,secret=3")
+
+        def embed(self, batch):
+            features = self.target.embed(batch)
+            features[self.count:] = float("nan")
+            return features
+
+    x = images["digits"][:100]
+    averaged = AveragingTarget(RefusedAfter(250), repeats=4, jitter=2).embed(x)  # 2.5 answered copies per image
+    assert answered(averaged).all()
+    assert torch.allclose(averaged[:50], defended(encoder, "noise:sigma=1.0,secret=3").embed(
+        torch.cat(near_duplicates(x, 4, 2, 0)))[:300].view(3, 100, -1)[:, :50].mean(dim=0), atol=1e-5)
+    recovered = RecoveringTarget(RefusedAfter(60)).embed(x)
+    assert answered(recovered).tolist() == [True] * 60 + [False] * 40
 
 
 def test_cover_queries_hide_a_stream_of_near_duplicates_from_prada(encoder, images):

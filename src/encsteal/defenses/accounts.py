@@ -32,7 +32,12 @@ from encsteal.errors import EncstealError
 
 
 class AccountRefused(EncstealError):
-    """The provider refuses this account's queries (a detection defense flagged it, with the policy `refuse`)."""
+    """The provider refuses this account's queries (a detection defense flagged it, with the policy `refuse`).
+    `account` names it and `images` counts the images it had been answered, where the refusing side knows them."""
+
+    def __init__(self, message: str, account: str | None = None, images: int | None = None) -> None:
+        super().__init__(message)
+        self.account, self.images = account, images
 
 
 @dataclass

@@ -127,7 +127,8 @@ def summary(matrix: Path, checkpoint: Path, defenses: list[str], seconds: float 
         attack, budget = cell["attack"].rsplit("@", 1)
         points.append({"deployment": cell["defense"], "attack": attack, "budget": budget,
                        **{key: cell.get(key) for key in ("queries", "money", "G", "G_ci95", "SA", "TA", "R",
-                                                         "pow_seconds", "flagged_share", "flagged_at", "ownership_p",
+                                                         "pow_seconds", "flagged_share",
+                                                         "flagged_at", "refused_at", "refused_seeds", "ownership_p",
                                                          "ownership", "customer_loss", "seeds", "copies_verified",
                                                          "copies_proven")}})
     deployed = deployments(defenses)
@@ -184,7 +185,10 @@ def _fmt(value, digits: str = ".2f") -> str:
 def _flagged(point: dict) -> str:
     if point["flagged_share"] is None:
         return "–"
-    return "no" if not point["flagged_share"] else f"{point['flagged_share']:.0%}, first at {point['flagged_at']:.0f} images"
+    if not point["flagged_share"]:
+        return "no"
+    refused = "" if not point["refused_seeds"] else f"; refused after {point['refused_at']:.0f} images"
+    return f"{point['flagged_share']:.0%}, first at {point['flagged_at']:.0f} images{refused}"
 
 
 def page(result: dict) -> str:
@@ -221,7 +225,8 @@ caption {{ text-align: left; font-weight: bold; }} img {{ max-width: 100%; }}
 <h1>How cheaply can this encoder be copied through its API?</h1>
 <p>Target <code>{esc(result['checkpoint'])}</code>. The strongest attacks at growing budgets against each deployment,
 the copy's captured gain G = (SA − R)/(TA − R), money as queries × {result['price']:g} per image (or what the API
-billed), proof-of-work CPU seconds, the ownership verification of every copy, and what each deployment costs
+billed), proof-of-work CPU seconds, flags and refusals (a refused attacker's
+copy is trained on what it was answered before), the ownership verification of every copy, and what each deployment costs
 legitimate users. {esc(result['hardware'])}{'' if result['wall_seconds'] is None else f"; {result['wall_seconds'] / 60:.0f} min"}.</p>
 <table id="cheapest"><caption>The cheapest budget reaching G ≥ 0.5 and G ≥ 0.8</caption>
 <tr><th>deployment</th><th>defenses</th><th>best G</th><th>G ≥ 0.5</th><th>G ≥ 0.8</th></tr>
@@ -233,7 +238,8 @@ legitimate users. {esc(result['hardware'])}{'' if result['wall_seconds'] is None
 <tr><th>deployment</th><th>users' accuracy loss (points)</th><th>copies proven stolen</th></tr>
 {''.join(rows_users)}</table>
 <table id="copies"><caption>Every copy</caption>
-<tr><th>deployment</th><th>attack</th><th>budget</th><th>queries</th><th>money</th><th>G</th><th>PoW s</th><th>flagged</th>
+<tr><th>deployment</th><th>attack</th><th>budget</th><th>queries</th><th>money</th><th>G</th><th>PoW s</th>
+<th>flagged</th>
 <th>ownership p</th><th>verdict</th></tr>
 {''.join(rows_points)}</table>
 {f'<h2>Runs that failed</h2><ul id="failed">{failed}</ul>' if failed else ''}

@@ -247,8 +247,8 @@ def _digest(tree) -> str:
 # The cells
 
 
-MEASURES = ("G", "G_served", "SA", "TA", "TA_served", "R", "SA_over_TA", "queries", "money", "pow_seconds", "flagged_share", "flagged_at",
-            "ownership_p", "customer_loss")
+MEASURES = ("G", "G_served", "SA", "TA", "TA_served", "R", "SA_over_TA", "queries", "money", "pow_seconds",
+            "flagged_share", "flagged_at", "refused_at", "ownership_p", "customer_loss")
 """Each cell's figures, averaged over its seeds (with a `_ci95` column beside each)."""
 HEATMAPS = {"G": "captured gain G", "customer_loss": "legitimate users' loss (accuracy points)",
             "ownership_p": "ownership p-value (log10)", "money": "money spent"}
@@ -261,6 +261,7 @@ def cell_record(row: dict, verification: dict | None, price: float, task: str | 
                     "error": row.get("error")}
     if row["status"] != "done":
         return record
+    # a refused attacker's copy is trained on what it was answered before the refusal (results["refused"])
     results = json.loads(row["results"])
     config = yaml.safe_load(row["config"])
     name = task or next(iter(results["downstream"]))
@@ -279,6 +280,7 @@ def cell_record(row: dict, verification: dict | None, price: float, task: str | 
         "accounts": len(accounts) or None,
         "flagged_share": (len(flags) / len(accounts)) if accounts else None,
         "flagged_at": min(flags) if flags else None,
+        "refused_at": (results.get("refused") or {}).get("images"),
         "customer_loss": 100 * float(np.mean([c["loss"] for c in customers])) if customers else None,
         "steal_seconds": results.get("steal_seconds"),
     })
@@ -306,6 +308,7 @@ def over_seeds(records: list[dict]) -> list[dict]:
         for measure in MEASURES:
             values = [rec[measure] for rec in done if rec.get(measure) is not None]
             cell[measure], cell[f"{measure}_ci95"] = interval(values) if values else (None, None)
+        cell["refused_seeds"] = sum(rec.get("refused_at") is not None for rec in done)
         verdicts = [rec["ownership"] for rec in done if rec.get("ownership")]
         cell["ownership"] = f"{verdicts.count('stolen')}/{len(verdicts)} stolen" if verdicts else None
         cell["copies_verified"], cell["copies_proven"] = len(verdicts), verdicts.count("stolen")
@@ -356,7 +359,7 @@ def against_undefended(records: list[dict]) -> list[dict]:
 
 
 CSV_COLUMNS = ("attack", "defense", "status", "seeds", "task", *(name for m in MEASURES for name in (m, f"{m}_ci95")),
-               "ownership", "error")
+               "refused_seeds", "ownership", "error")
 SEED_COLUMNS = ("attack", "defense", "seed", "status", "task", *MEASURES, "accounts", "ownership", "steal_seconds",
                 "error")
 
@@ -387,6 +390,12 @@ def _flag(cell: dict) -> str:
     return f"{share:.0%} of accounts, first at {cell['flagged_at']:.0f} images"
 
 
+def _refused(cell: dict) -> str:
+    if not cell.get("refused_seeds"):
+        return "no" if cell.get("flagged_share") is not None else "–"
+    return f"after {cell['refused_at']:.0f} images ({cell['refused_seeds']}/{cell['seeds']} seeds)"
+
+
 def _p(value: float | None) -> str:
     return "–" if value is None else f"{value:.1e}"
 
@@ -398,23 +407,26 @@ def markdown(spec: MatrixSpec, cells_: list[dict], title: str) -> str:
              "of the undefended target (TA: its accuracy, from the matrix's undefended cell of the same seed; "
              "matrix.csv's G_served is against the accuracy on the served features); "
              "money: what the run was billed, else queries × the price per image "
-             f"({spec.price:g}); PoW: CPU seconds spent on proof-of-work; flagged: the share of the attacker's "
-             "accounts a detection flagged and the images the first had sent then; p: the smallest p-value of the "
+             f"({spec.price:g}); PoW: CPU seconds spent on proof-of-work; flagged: the share of the attacker's accounts a detection flagged and the "
+             "images the first had sent then; refused: the images the attacker had been answered when the provider "
+             "refused its last account (its copy is trained on those); p: the smallest p-value of the "
              "ownership verification of the copy (stolen below α / methods); users' loss: the mean accuracy "
              "(points) the legitimate users lose under the defense.", "",
-             "| attack | defense | seeds | SA | TA | R | SA/TA | G | queries | money | PoW s | flagged | ownership p | "
-             "verdict | users' loss |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---:|"]
+             "| attack | defense | seeds | SA | TA | R | SA/TA | G | queries | money | PoW s | flagged | "
+             "refused | ownership p | verdict | users' loss |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---|---:|"]
     pct = lambda v: f"{100 * v:.2f}"  # noqa: E731
     for cell in cells_:
         if cell["status"] != "done":
             lines.append(f"| {cell['attack']} | {cell['defense']} | 0/{cell['runs']} | failed: "
-                         f"{(cell.get('error') or '').splitlines()[0][:120]} |||||||||||")
+                         f"{(cell.get('error') or '').splitlines()[0][:120]} " + "|" * 13)
             continue
         lines.append(" | ".join([
             f"| {cell['attack']}", cell["defense"], f"{cell['seeds']}", _mean(cell, "SA", pct), _mean(cell, "TA", pct),
             _mean(cell, "R", pct), _mean(cell, "SA_over_TA", lambda v: f"{v:.3f}"), _mean(cell, "G", lambda v: f"{v:.2f}"), _mean(cell, "queries", lambda v: f"{v:.0f}"),
             _mean(cell, "money", lambda v: f"{v:.4g}"), _mean(cell, "pow_seconds", lambda v: f"{v:.1f}"),
-            _flag(cell), _p(cell.get("ownership_p")), cell.get("ownership") or "–",
+            _flag(cell), _refused(cell), _p(cell.get("ownership_p")),
+            cell.get("ownership") or "–",
             _mean(cell, "customer_loss", lambda v: f"{v:.2f}")]) + " |")
     lines += ["", "Heat maps: " + ", ".join(f"[{label}](heatmap-{m}.png)" for m, label in HEATMAPS.items()), ""]
     return "\n".join(lines)

@@ -377,6 +377,8 @@ def steal(run: Run) -> Path:
         cost = spent()
         billed = billed_units(target)
         extra = extra_queries(target)
+        refused = None if cached.refusal is None else {  # the attacker trained on what it had been answered
+            **cached.refusal, "images": cached.refusal["images"] + extra, "unanswered": len(cached.unanswered)}
     accounts = attacker_figures(run) if config.target.kind == "local" else run.served_accounts
     if config.surrogate.pool is not None:  # which of the pool was bought (the pool's indices say what it held)
         surrogate_record["bought"] = [surrogate_record["indices"][i] for i in bought.tolist()]
@@ -394,6 +396,7 @@ def steal(run: Run) -> Path:
         "wall_seconds": seconds,
         "processes": run.dist.world,
         **({"accounts": accounts} if accounts else {}),
+        **({"refused": refused} if refused else {}),
         **provenance(),
     })
     cache.close()
@@ -522,6 +525,7 @@ def evaluate(run: Run) -> dict:
         "downstream": downstream,
         **({"customers": served_customers} if served_customers else {}),
         **({"attacker_accounts": stolen_meta["accounts"]} if stolen_meta.get("accounts") else {}),
+        **({"refused": stolen_meta["refused"]} if stolen_meta.get("refused") else {}),
         "queries": stolen_meta["queries"],
         "queries_this_run": stolen_meta["queries_this_run"],
         "cost": stolen_meta.get("cost"),

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 
 import torch
 
-from encsteal.target import Target
+from encsteal.defenses.accounts import AccountRefused
+from encsteal.target import Target, next_live_account
 
 RIDGE = 1e-3
 """ρ relative to the mean squared answer: enough to keep the solve stable with fewer anchors than dimensions."""
@@ -56,8 +57,10 @@ class Aligner:
 
 
 class AlignedSybils:
-    """One attacker behind several accounts, request i to account i mod k as `SybilTarget`, every account's answers
-    mapped into the first account's space (the maps fitted on the anchors before the first request)."""
+    """One attacker behind several accounts, request i to account i mod k as `SybilTarget` (a refused account
+    dropped), every account's answers mapped into the first account's space (the maps fitted on the anchors before
+    the first request; an account refused while it is asked the anchors is dropped, and the next one is the
+    reference)."""
 
     def __init__(self, accounts: Sequence[Target], anchors: torch.Tensor) -> None:
         if len(accounts) < 2:
@@ -66,6 +69,7 @@ class AlignedSybils:
         self.aligner = Aligner(anchors)
         self.maps: list | None = None
         self.requests = 0
+        self.refused: dict[int, AccountRefused] = {}
 
     @property
     def targets(self) -> list[Target]:
@@ -79,9 +83,14 @@ class AlignedSybils:
     def extra_queries(self) -> int:
         return self.aligner.queries
 
+    def _fit(self, index: int):
+        try:
+            return self.aligner.fit(self.accounts[index])
+        except AccountRefused as refusal:
+            self.refused[index] = refusal
+            return None
+
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         if self.maps is None:
-            self.maps = [self.aligner.fit(account) for account in self.accounts]
-        index = self.requests % len(self.accounts)
-        self.requests += 1
-        return self.maps[index](self.accounts[index].embed(images))
+            self.maps = [self._fit(index) for index in range(len(self.accounts))]
+        return next_live_account(self, lambda index: self.maps[index](self.accounts[index].embed(images)))
