@@ -67,7 +67,9 @@ class LocalTarget:
     With account-aware defenses the target answers one account, `account`, whose state lives in `accounts`
     (simulated accounts; several targets may share them, as sybil accounts share one provider): each batch of
     `batch_size` images is one request, its proof-of-work puzzle solved here (`pow_seconds`: CPU seconds) and
-    refused (AccountRefused) once a detection defense with the policy `refuse` has flagged the account."""
+    refused (AccountRefused) once a detection defense with the policy `refuse` has flagged the account. Under the
+    policy `throttle` a flagged account's requests are `1 / throttle_rate` seconds apart, as the API's rate limit
+    keeps them: the client waits it out, as a real one does (`wait_seconds`)."""
 
     def __init__(self, encoder: Encoder, *, image_size: int, device: torch.device, batch_size: int = 256,
                  defenses: Sequence[Defense | AccountAware] = (), account: str = "local",
@@ -84,6 +86,8 @@ class LocalTarget:
         self.pow_seconds = 0.0
         """CPU seconds spent solving this target's proof-of-work puzzles."""
         self.pow_hashes = 0
+        self.wait_seconds = 0.0
+        """Seconds this target waited for a throttled account's rate."""
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         check_images(images, self.image_size)
@@ -96,13 +100,24 @@ class LocalTarget:
         return torch.cat(features)
 
     def _respond(self, chunk: torch.Tensor) -> torch.Tensor:
-        """One request of the account, as the API serves it: refusal, proof of work, features, new states."""
+        """One request of the account, as the API serves it: refusal or the throttled rate, proof of work, features,
+        new states."""
         account = self.accounts.account(self.account)
+        interval = 0.0
         for defense, slot in zip(self.model.defenses, slots(self.model.defenses)):
-            if isinstance(defense, Detection) and defense.config.policy == "refuse" and \
-                    Detection.flagged(account.states.get(slot)):
+            if not isinstance(defense, Detection) or not Detection.flagged(account.states.get(slot)):
+                continue
+            if defense.config.policy == "refuse":
                 raise AccountRefused(f"the provider refuses account '{self.account}': flagged as stealing",
                                      self.account, account.images)
+            if defense.config.policy == "throttle":
+                interval = max(interval, 1.0 / defense.config.throttle_rate)
+        if interval and account.history:
+            wait = account.history[-1]["time"] + interval - time.time()
+            if wait > 0:
+                time.sleep(wait)
+                self.wait_seconds += wait
+                account.wait_seconds += wait
         for defense, slot in zip(self.model.defenses, slots(self.model.defenses)):
             if isinstance(defense, ProofOfWork):
                 digest = hashlib.sha256(chunk.contiguous().numpy().tobytes()).hexdigest()

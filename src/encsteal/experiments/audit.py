@@ -127,7 +127,7 @@ def summary(matrix: Path, checkpoint: Path, defenses: list[str], seconds: float 
         attack, budget = cell["attack"].rsplit("@", 1)
         points.append({"deployment": cell["defense"], "attack": attack, "budget": budget,
                        **{key: cell.get(key) for key in ("queries", "money", "G", "G_ci95", "SA", "TA", "R",
-                                                         "pow_seconds", "flagged_share",
+                                                         "pow_seconds", "wait_seconds", "flagged_share",
                                                          "flagged_at", "refused_at", "refused_seeds", "ownership_p",
                                                          "ownership", "customer_loss", "seeds", "copies_verified",
                                                          "copies_proven")}})
@@ -206,7 +206,7 @@ def page(result: dict) -> str:
     rows_points = [
         f"<tr><td>{esc(p['deployment'])}</td><td>{esc(p['attack'])}</td><td>{esc(p['budget'])}</td>"
         f"<td>{_fmt(p['queries'], '.0f')}</td><td>{_fmt(p['money'], '.4g')}</td><td>{_fmt(p['G'])}</td>"
-        f"<td>{_fmt(p['pow_seconds'], '.1f')}</td>"
+        f"<td>{_fmt(p['pow_seconds'], '.1f')}</td><td>{_fmt(p['wait_seconds'], '.0f')}</td>"
         f"<td>{_flagged(p)}</td>"
         f"<td>{_fmt(p['ownership_p'], '.1e')}</td><td>{esc(p['ownership'] or '–')}</td></tr>"
         for p in result["points"]]
@@ -225,7 +225,7 @@ caption {{ text-align: left; font-weight: bold; }} img {{ max-width: 100%; }}
 <h1>How cheaply can this encoder be copied through its API?</h1>
 <p>Target <code>{esc(result['checkpoint'])}</code>. The strongest attacks at growing budgets against each deployment,
 the copy's captured gain G = (SA − R)/(TA − R), money as queries × {result['price']:g} per image (or what the API
-billed), proof-of-work CPU seconds, flags and refusals (a refused attacker's
+billed), proof-of-work CPU seconds, seconds waited for a throttled rate, flags and refusals (a refused attacker's
 copy is trained on what it was answered before), the ownership verification of every copy, and what each deployment costs
 legitimate users. {esc(result['hardware'])}{'' if result['wall_seconds'] is None else f"; {result['wall_seconds'] / 60:.0f} min"}.</p>
 <table id="cheapest"><caption>The cheapest budget reaching G ≥ 0.5 and G ≥ 0.8</caption>
@@ -238,7 +238,7 @@ legitimate users. {esc(result['hardware'])}{'' if result['wall_seconds'] is None
 <tr><th>deployment</th><th>users' accuracy loss (points)</th><th>copies proven stolen</th></tr>
 {''.join(rows_users)}</table>
 <table id="copies"><caption>Every copy</caption>
-<tr><th>deployment</th><th>attack</th><th>budget</th><th>queries</th><th>money</th><th>G</th><th>PoW s</th>
+<tr><th>deployment</th><th>attack</th><th>budget</th><th>queries</th><th>money</th><th>G</th><th>PoW s</th><th>waited s</th>
 <th>flagged</th>
 <th>ownership p</th><th>verdict</th></tr>
 {''.join(rows_points)}</table>

@@ -4,8 +4,8 @@ A customer embeds its own labelled images once, through its own account, in requ
 in a seeded order (as a customer uploads a data set), and trains a classifier on the features it receives; its
 utility is the classifier's k-fold cross-validated accuracy over those images. The same images embedded by the
 undefended encoder give its baseline; `loss` is baseline − accuracy (points of accuracy the defenses cost it).
-Its proof-of-work CPU seconds and the figures the account-aware defenses keep for its account (coverage,
-statistics, flag) come along. A customer the provider refuses half-way
+Its proof-of-work CPU seconds, the seconds it waited for a throttled rate and the figures the account-aware
+defenses keep for its account (coverage, statistics, flag) come along. A customer the provider refuses half-way
 (flagged by a detection with the policy `refuse`) cannot embed the rest of its images: they count as wrong in
 its accuracy, and `refused_at` says after how many images it was refused.
 """
@@ -36,6 +36,7 @@ class CustomerResult:
     pow_seconds: float
     pow_seconds_per_image: float
     figures: dict[str, dict[str, float]]
+    wait_seconds: float = 0.0
     refused_at: int | None = None
     """The images it had embedded when the provider refused it (None: never refused)."""
 
@@ -97,4 +98,4 @@ def serve_customer(customer: CustomerConfig, defended: Callable[[str], LocalTarg
     baseline = cross_validated(baseline_features, labels, num_classes, customer.folds, probe, seed, device)
     return CustomerResult(customer.name, len(images), accuracy, baseline, baseline - accuracy, target.pow_seconds,
                           target.pow_seconds / len(images), target.accounts.figures(account),
-                          refused_at=refused_at)
+                          wait_seconds=target.wait_seconds, refused_at=refused_at)

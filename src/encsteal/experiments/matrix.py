@@ -248,7 +248,7 @@ def _digest(tree) -> str:
 
 
 MEASURES = ("G", "G_served", "SA", "TA", "TA_served", "R", "SA_over_TA", "queries", "money", "pow_seconds",
-            "flagged_share", "flagged_at", "refused_at", "ownership_p", "customer_loss")
+            "wait_seconds", "flagged_share", "flagged_at", "refused_at", "ownership_p", "customer_loss")
 """Each cell's figures, averaged over its seeds (with a `_ci95` column beside each)."""
 HEATMAPS = {"G": "captured gain G", "customer_loss": "legitimate users' loss (accuracy points)",
             "ownership_p": "ownership p-value (log10)", "money": "money spent"}
@@ -277,6 +277,7 @@ def cell_record(row: dict, verification: dict | None, price: float, task: str | 
         "undefended": not config["target"]["defenses"], "checkpoint": config["target"]["checkpoint"],
         "money": cost if cost is not None else results["queries"] * price,
         "pow_seconds": sum(a.get("pow_seconds", 0.0) for a in accounts),
+        "wait_seconds": sum(a.get("wait_seconds", 0.0) for a in accounts) if accounts else None,
         "accounts": len(accounts) or None,
         "flagged_share": (len(flags) / len(accounts)) if accounts else None,
         "flagged_at": min(flags) if flags else None,
@@ -407,25 +408,26 @@ def markdown(spec: MatrixSpec, cells_: list[dict], title: str) -> str:
              "of the undefended target (TA: its accuracy, from the matrix's undefended cell of the same seed; "
              "matrix.csv's G_served is against the accuracy on the served features); "
              "money: what the run was billed, else queries × the price per image "
-             f"({spec.price:g}); PoW: CPU seconds spent on proof-of-work; flagged: the share of the attacker's accounts a detection flagged and the "
+             f"({spec.price:g}); PoW: CPU seconds spent on proof-of-work; waited: seconds the attacker's clients "
+             "waited for a throttled rate; flagged: the share of the attacker's accounts a detection flagged and the "
              "images the first had sent then; refused: the images the attacker had been answered when the provider "
              "refused its last account (its copy is trained on those); p: the smallest p-value of the "
              "ownership verification of the copy (stolen below α / methods); users' loss: the mean accuracy "
              "(points) the legitimate users lose under the defense.", "",
-             "| attack | defense | seeds | SA | TA | R | SA/TA | G | queries | money | PoW s | flagged | "
+             "| attack | defense | seeds | SA | TA | R | SA/TA | G | queries | money | PoW s | waited s | flagged | "
              "refused | ownership p | verdict | users' loss |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---|---:|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---|---:|"]
     pct = lambda v: f"{100 * v:.2f}"  # noqa: E731
     for cell in cells_:
         if cell["status"] != "done":
             lines.append(f"| {cell['attack']} | {cell['defense']} | 0/{cell['runs']} | failed: "
-                         f"{(cell.get('error') or '').splitlines()[0][:120]} " + "|" * 13)
+                         f"{(cell.get('error') or '').splitlines()[0][:120]} " + "|" * 14)
             continue
         lines.append(" | ".join([
             f"| {cell['attack']}", cell["defense"], f"{cell['seeds']}", _mean(cell, "SA", pct), _mean(cell, "TA", pct),
             _mean(cell, "R", pct), _mean(cell, "SA_over_TA", lambda v: f"{v:.3f}"), _mean(cell, "G", lambda v: f"{v:.2f}"), _mean(cell, "queries", lambda v: f"{v:.0f}"),
             _mean(cell, "money", lambda v: f"{v:.4g}"), _mean(cell, "pow_seconds", lambda v: f"{v:.1f}"),
-            _flag(cell), _refused(cell), _p(cell.get("ownership_p")),
+            _mean(cell, "wait_seconds", lambda v: f"{v:.0f}"), _flag(cell), _refused(cell), _p(cell.get("ownership_p")),
             cell.get("ownership") or "–",
             _mean(cell, "customer_loss", lambda v: f"{v:.2f}")]) + " |")
     lines += ["", "Heat maps: " + ", ".join(f"[{label}](heatmap-{m}.png)" for m, label in HEATMAPS.items()), ""]

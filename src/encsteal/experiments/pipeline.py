@@ -283,7 +283,8 @@ def served_figures(run: Run, db: str, names: list[str], clients: list[HttpTarget
         return []
     figures = Ledger(db).defense_figures()
     return [{"account": name, "images": client.queries, "pow_seconds": client.pow_seconds,
-             "pow_hashes": client.pow_hashes, "figures": figures[name].latest if name in figures else {}}
+             "pow_hashes": client.pow_hashes, "wait_seconds": client.throttle.waited,
+             "figures": figures[name].latest if name in figures else {}}
             for name, client in zip(names, clients)]
 
 
@@ -406,7 +407,7 @@ def steal(run: Run) -> Path:
 
 def attacker_figures(run: Run) -> list[dict]:
     """Per attacker account, what the provider's account-aware defenses hold: images, proof-of-work CPU seconds,
-    the latest figures of every defense (coverage, σ, statistics, flag) and the images the account had sent when a
+    the seconds its client waited for a throttled rate, the latest figures of every defense (coverage, σ, statistics, flag) and the images the account had sent when a
     defense first flagged it (`flagged_at`, None if never). Empty without such defenses."""
     config = run.config
     if not any(isinstance(d, ACCOUNT_AWARE) for d in config.target.defenses) or config.target.kind != "local":
@@ -414,8 +415,8 @@ def attacker_figures(run: Run) -> list[dict]:
     accounts = SimulatedAccounts(simulated_accounts_path(run))
     opened = max(config.target.accounts, len(accounts.accounts))  # paced attackers open accounts as they go
     return [{"account": name, "images": accounts.account(name).images, "pow_seconds": accounts.account(name).pow_seconds,
-             "pow_hashes": accounts.account(name).pow_hashes, "figures": accounts.figures(name),
-             "flagged_at": flagged_at(accounts.account(name).history)}
+             "pow_hashes": accounts.account(name).pow_hashes, "wait_seconds": accounts.account(name).wait_seconds,
+             "figures": accounts.figures(name), "flagged_at": flagged_at(accounts.account(name).history)}
             for name in attacker_accounts(opened) if name in accounts.accounts]
 
 

@@ -145,8 +145,11 @@ class HttpTarget:
                 return response
             if response.status_code in RETRY_STATUS and not last:
                 retry_after = response.headers.get("retry-after")
-                wait = float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else delay
-                time.sleep(min(wait, self.max_backoff))
+                wait = min(float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else delay,
+                           self.max_backoff)
+                time.sleep(wait)
+                if response.status_code == 429:  # the rate limit's wait, beside the throttle's own
+                    self.throttle.waited += wait
                 delay = min(2 * delay, self.max_backoff)
                 continue
             detail = _detail(response)
