@@ -7,16 +7,17 @@ target's clean features) or whether it is stopped; the matrix (docs/matrix.md) m
 import pytest
 import torch
 
-from encsteal.attacks.adaptive import (ADAPTIVE, AlignedSybils, AveragingTarget, CoverTarget, PacedAccounts,
+from encsteal.attacks.adaptive import (ADAPTIVE, AlignedSybils, Aligner, AveragingTarget, CoverTarget, PacedAccounts,
                                        RecoveringTarget, extra_queries)
 from encsteal.attacks.adaptive.align import fit_affine
 from encsteal.attacks.adaptive.average import near_duplicates
-from encsteal.checkpoint import load_encoder
+from encsteal.checkpoint import load_encoder, read_sidecar, sidecar_path
 from encsteal.config import DataConfig, config_from_dict
 from encsteal.data import load_dataset
 from encsteal.defenses import SimulatedAccounts, build_defense, parse_defense
 from encsteal.defenses.accounts import AccountRefused
-from encsteal.experiments.pipeline import run_all
+from encsteal.experiments.pipeline import (Run, kept_anchors_dir, pretrain, run_all, simulated_accounts_path,
+                                           steal)
 from encsteal.query_cache import CachedTarget, QueryCache
 from encsteal.target import LocalTarget, SybilTarget, answered
 
@@ -60,7 +61,7 @@ def test_aligned_sybils_pool_answers_of_one_space_where_plain_sybils_pool_three(
     accounts = SimulatedAccounts()
     sybils = [defended(encoder, b4b, account=f"s{i}", accounts=accounts) for i in range(3)]
     anchors, queries = images["digits"][:300], images["digits"][300:600]
-    aligned = ask(AlignedSybils(sybils, anchors), queries)
+    aligned = ask(AlignedSybils(sybils, Aligner(anchors)), queries)
     plain = ask(SybilTarget([defended(encoder, b4b, account=f"p{i}") for i in range(3)]), queries)
     reference = ask(defended(encoder, b4b, account="s0"), queries)  # the first account's space, same secret
     assert error(aligned, reference) < 0.05
@@ -201,6 +202,37 @@ def test_every_adaptive_option_steals_in_a_whole_run_and_counts_every_query(name
     if name == "pace":
         assert [a["account"] for a in results["attacker_accounts"]] == ["attacker", "attacker-2", "attacker-3"]
         assert all(a["images"] <= 20 for a in results["attacker_accounts"])
+
+
+def test_a_resumed_aligned_run_buys_no_anchor_twice(tmp_path, one_thread, monkeypatch):
+    """The aligned sybils' answers to the anchors are kept beside the query cache: a run killed after the anchors
+    and one request refits the same maps when it is resumed, and buys only the images it had not bought."""
+    tree = tiny_tree(run_dir=str(tmp_path / "run"), target={"query_batch_size": 16, "accounts": 3,
+                                                           "defenses": [DEFENSES["b4b"]]})
+    tree["attack"] = {**tree["attack"], "adaptive": {"align_anchors": 16}}
+    run = Run.open(config_from_dict(tree), progress=False)
+    pretrain(run)
+    respond, requests = LocalTarget._respond, []
+
+    def dies_at_the_fifth_request(self, chunk):  # 3 accounts x 16 anchors, then one request of the attack's
+        requests.append(len(chunk))
+        if len(requests) == 5:
+            raise KeyboardInterrupt
+        return respond(self, chunk)
+
+    monkeypatch.setattr(LocalTarget, "_respond", dies_at_the_fifth_request)
+    with pytest.raises(KeyboardInterrupt):
+        steal(run)
+    monkeypatch.setattr(LocalTarget, "_respond", respond)
+    sent = lambda: sum(account.images for account in SimulatedAccounts(simulated_accounts_path(run)).accounts.values())  # noqa: E731
+    assert sent() == 3 * 16 + 16 and len(list(kept_anchors_dir(run).glob("account-*.sqlite"))) == 3
+    meta = read_sidecar(steal(run))
+    assert sent() == 3 * 16 + 48  # the two requests left, not one anchor again
+    assert meta["queries"] == 48 + 3 * 16 and meta["queries_this_run"] == 32 and meta["queries_reused"] == 16 + 3 * 16
+    run.stolen_path.unlink()
+    sidecar_path(run.stolen_path).unlink()
+    again = read_sidecar(steal(run))  # every answer cached: nothing asked below the cache, the anchors still counted
+    assert sent() == 3 * 16 + 48 and again["queries"] == meta["queries"] and again["queries_this_run"] == 0
 
 
 def test_adaptive_settings_stay_out_of_the_recipe_at_their_defaults(tiny_config):

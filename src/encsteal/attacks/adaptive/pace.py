@@ -54,7 +54,7 @@ class PacedAccounts:
             self.maps.append(lambda features: features)
             if self.aligner is not None:
                 try:
-                    self.maps[-1] = self.aligner.fit(account)
+                    self.maps[-1] = self.aligner.fit(account, len(self.accounts) - 1)
                 except AccountRefused as refusal:  # flagged by the anchors alone: a fresh account would be too
                     self.refused[len(self.accounts) - 1] = refusal
                     raise
