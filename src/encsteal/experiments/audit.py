@@ -5,7 +5,10 @@ The audit writes a matrix file (encsteal.experiments.matrix) into its output dir
 attacks at growing budgets (`<attack>@<budget>`, e.g. `stolenencoder@5%`), each adaptive attacker beside the
 deployments it is built against, against the encoder undefended and behind every deployment (`--defense`, each a
 deployment; `pow:base=200 > b4b:beta=9` stacks defenses as `encsteal serve` does), with legitimate users and the
-ownership verification of every copy. Resumable like any sweep: run the same command again. From the matrix's
+ownership verification of every copy. Resumable like any sweep: run the same command again. The deployments'
+secrets stay out of the matrix file: it names each `$ENCSTEAL_AUDIT_SECRET_<DEPLOYMENT>_<i>`, found in
+`audit-secrets.yaml` beside it (mode 0600) unless the environment sets it, and the runs' directory, whose run
+configs record the defenses as run, is its owner's alone (0700). From the matrix's
 records it writes `audit.json` and `audit.html`, one self-contained page (plots inlined, nothing loaded from
 elsewhere): G against queries and against money, the cheapest budget reaching G >= 0.5 and >= 0.8 per deployment,
 the ownership p-values of the copies, and what each deployment costs the legitimate users.
@@ -17,6 +20,8 @@ import base64
 import html
 import io
 import json
+import os
+import re
 import time
 from pathlib import Path
 
@@ -29,9 +34,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from encsteal.checkpoint import load_encoder  # noqa: E402
 from encsteal.defenses import describe, parse_defense  # noqa: E402
 from encsteal.errors import ConfigError  # noqa: E402
-from encsteal.experiments.matrix import matrix_records, over_seeds, run_matrix  # noqa: E402
+from encsteal.experiments.matrix import SECRET_REFERENCE, matrix_records, over_seeds, run_matrix  # noqa: E402
 from encsteal.experiments.verification import hardware  # noqa: E402
 
+SECRETS_FILE = "audit-secrets.yaml"
 THRESHOLDS = (0.5, 0.8)
 BUDGETS = ("1%", "2%", "5%")
 ATTACKS: dict[str, dict] = {
@@ -91,19 +97,52 @@ def audit_matrix(checkpoint: Path, defenses: list[str], out: Path, *, preset: st
             matrix_attacks[key] = {**settings, "surrogate.size": budget}
             if against is not None:
                 only[key] = targets
+    secrets: dict[str, int] = {}
+    defended = {}
+    for name, configs in deployed.items():
+        written = []
+        for index, config in enumerate(configs, start=1):
+            tree = config.model_dump(mode="json")
+            if tree.get("secret"):  # referenced by name; the value goes to the secrets file
+                reference = secret_name(name, index)
+                secrets[reference] = tree["secret"]
+                tree["secret"] = SECRET_REFERENCE + reference
+            written.append(tree)
+        defended[name] = {"target.defenses": written} if written else {}
     spec = {
         "base": preset, "runs_dir": str(out / "runs"), "price": price, "seeds": list(seeds),
         "overrides": [f"target.checkpoint={checkpoint}", *overrides],
         "attacks": matrix_attacks,
-        "defenses": {name: ({"target.defenses": [c.model_dump(mode="json") for c in configs]} if configs else {})
-                     for name, configs in deployed.items()},
+        "defenses": defended,
         "only": only,
         "verify": {"public": public, "settings": verify_settings or {}},
+        **({"secrets": SECRETS_FILE} if secrets else {}),
     }
     out.mkdir(parents=True, exist_ok=True)
+    (out / "runs").mkdir(mode=0o700, exist_ok=True)
+    (out / "runs").chmod(0o700)  # its runs' configs record the defenses as run, secrets included
+    if secrets:
+        write_private(out / SECRETS_FILE, "# the deployments' secrets, for audit-matrix.yaml; keep this file private\n"
+                      + yaml.safe_dump(secrets, sort_keys=False))
     path = out / "audit-matrix.yaml"
-    path.write_text("# written by encsteal audit; `encsteal matrix` reads it too\n" + yaml.safe_dump(spec, sort_keys=False))
+    path.write_text("# written by encsteal audit; `encsteal matrix` reads it too. Secrets: $NAME is the environment "
+                    f"variable NAME, else NAME in {SECRETS_FILE}\n" + yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+def secret_name(deployment: str, index: int) -> str:
+    """The name a deployment's `index`-th defense's secret goes by: ENCSTEAL_AUDIT_SECRET_POW_B4B_2 (the second
+    deployment of the same defenses, pow+b4b', ENCSTEAL_AUDIT_SECRET_POW_B4B_PRIME_2)."""
+    words = re.sub(r"[^A-Z0-9]+", "_", deployment.replace("'", "_prime").upper()).strip("_")
+    return f"ENCSTEAL_AUDIT_SECRET_{words}_{index}"
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path`, readable and writable by its owner only (0600), whatever the file was before."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        handle.write(text)
 
 
 def run_audit(checkpoint: Path, defenses: list[str], out: Path, *, progress: bool = True, echo=print, **options) -> Path:

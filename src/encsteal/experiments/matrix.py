@@ -15,10 +15,13 @@
     only: {averaged: [none, noise]}             # an attack against some defenses only (default: all)
     headline: {attacks: [stolenencoder], defenses: [none, noise], seeds: [0, 1, 2]}   # cells with more seeds
     verify: {public: fashion-mnist:test}        # the ownership verdict on every copy (encsteal.ownership.verify)
+    secrets: secrets.yaml                       # where `secret: $NAME` is looked up when NAME is not in the environment
 
 Underneath it is a sweep (encsteal.experiments.sweep) whose cases are the cells, `<attack>__<defense>__seed=<s>`:
 resumable, with shared targets, query caches and probe caches, and dispatchable with --executor submitit. An
-attack and a defense that set the same key are refused when the file is read. Then every copy is verified against
+attack and a defense that set the same key are refused when the file is read. A defense's secret may stay out of
+the file: `secret: $NAME` is the environment variable NAME, or else the entry NAME of the `secrets` file (a YAML
+mapping, refused unless only its owner may read it). Then every copy is verified against
 its target (dataset inference, and the watermark where the target has one), once per copy's weights, in
 `<runs_dir>/verify.sqlite`. Writes `<runs_dir>/matrix.csv` (one row per cell: the mean over its seeds and the
 half-width of the 95 % interval), `matrix-per-seed.csv`, `matrix.md` and a heat map per measure
@@ -31,6 +34,7 @@ import csv
 import hashlib
 import json
 import math
+import os
 import time
 import traceback
 from pathlib import Path
@@ -79,6 +83,9 @@ class MatrixSpec(Strict):
     task: str | None = None
     """The downstream task the cells report (default: each run's first)."""
     verify: MatrixVerify | None = None
+    secrets: Path | None = None
+    """A YAML file of NAME: secret (relative to the matrix file), readable by its owner only, where a `secret: $NAME`
+    of a cell is looked up when the environment has no NAME."""
     share_queries: bool = True
 
     def runs_dir_for(self, path: Path) -> Path:
@@ -135,10 +142,58 @@ def cells(spec: MatrixSpec, source: str = "matrix") -> list[tuple[str, str, int]
     return out
 
 
+SECRET_REFERENCE = "$"
+
+
+def read_secrets(path: Path) -> dict[str, int]:
+    """NAME -> secret from a YAML file that only its owner may read."""
+    if not path.is_file():
+        raise ConfigError(f"no secrets file {path}")
+    if path.stat().st_mode & 0o077:
+        raise ConfigError(f"the secrets file {path} may be read by others than its owner: chmod 600 {path}")
+    try:
+        secrets = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(secrets, dict) or not all(isinstance(v, int) for v in secrets.values()):
+        raise ConfigError(f"{path}: write one `NAME: integer` per line")
+    return secrets
+
+
+def with_secrets(settings, spec: MatrixSpec, source: str, loaded: dict):
+    """`settings` with every `secret: $NAME` replaced by the environment variable NAME (an integer), or else by the
+    entry NAME of the matrix's secrets file (read once into `loaded`)."""
+    if isinstance(settings, list):
+        return [with_secrets(item, spec, source, loaded) for item in settings]
+    if not isinstance(settings, dict):
+        return settings
+    out = {}
+    for key, value in settings.items():
+        if key == "secret" and isinstance(value, str) and value.startswith(SECRET_REFERENCE):
+            name = value.removeprefix(SECRET_REFERENCE)
+            if name in os.environ:
+                try:
+                    value = int(os.environ[name])
+                except ValueError:
+                    raise ConfigError(f"{source}: the environment variable {name} must hold an integer secret") from None
+            elif spec.secrets is not None:
+                if "file" not in loaded:
+                    loaded["file"] = read_secrets(Path(source).parent / spec.secrets)
+                if name not in loaded["file"]:
+                    raise ConfigError(f"{source}: secret ${name} is neither in the environment nor in {spec.secrets}")
+                value = loaded["file"][name]
+            else:
+                raise ConfigError(f"{source}: secret ${name}: set the environment variable {name} (or give the file "
+                                  "a `secrets` file)")
+        out[key] = with_secrets(value, spec, source, loaded)
+    return out
+
+
 def sweep_spec(spec: MatrixSpec, source: str = "matrix", selected: list[str] = ()) -> SweepSpec:
     """The sweep underneath: one case per cell and seed (`selected`: only the cells whose `<attack>__<defense>`
-    is listed)."""
+    is listed); secrets referenced as `$NAME` resolved."""
     cases = {}
+    loaded: dict = {}
     for attack, defense, seed in cells(spec, source):
         if selected and f"{attack}{SEP}{defense}" not in selected:
             continue
@@ -147,7 +202,8 @@ def sweep_spec(spec: MatrixSpec, source: str = "matrix", selected: list[str] = (
             raise ConfigError(f"{source}: attack '{attack}' and defense '{defense}' both set {', '.join(sorted(both))}")
         if "seed" in spec.attacks[attack] or "seed" in spec.defenses[defense]:
             raise ConfigError(f"{source}: give seeds with `seeds` (or headline.seeds), not as a key of a cell")
-        cases[cell_id(attack, defense, seed)] = {**spec.attacks[attack], **spec.defenses[defense], "seed": seed}
+        cases[cell_id(attack, defense, seed)] = with_secrets({**spec.attacks[attack], **spec.defenses[defense],
+                                                              "seed": seed}, spec, source, loaded)
     if selected and not cases:
         raise ConfigError(f"{source}: no cell is called {', '.join(selected)} (cells are <attack>{SEP}<defense>)")
     return SweepSpec(base=spec.base, overrides=spec.overrides, cases=cases, share_queries=spec.share_queries)
