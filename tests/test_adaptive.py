@@ -7,17 +7,19 @@ target's clean features) or whether it is stopped; the matrix (docs/matrix.md) m
 import pytest
 import torch
 
-from encsteal.attacks.adaptive import (ADAPTIVE, AlignedSybils, AveragingTarget, CoverTarget, PacedAccounts,
+from encsteal.attacks.adaptive import (ADAPTIVE, AlignedSybils, Aligner, AveragingTarget, CoverTarget, PacedAccounts,
                                        RecoveringTarget, extra_queries)
 from encsteal.attacks.adaptive.align import fit_affine
 from encsteal.attacks.adaptive.average import near_duplicates
-from encsteal.checkpoint import load_encoder
+from encsteal.checkpoint import load_encoder, read_sidecar, sidecar_path
 from encsteal.config import DataConfig, config_from_dict
 from encsteal.data import load_dataset
 from encsteal.defenses import SimulatedAccounts, build_defense, parse_defense
 from encsteal.defenses.accounts import AccountRefused
-from encsteal.experiments.pipeline import run_all
-from encsteal.target import LocalTarget, SybilTarget
+from encsteal.experiments.pipeline import (Run, kept_anchors_dir, pretrain, run_all, simulated_accounts_path,
+                                           steal)
+from encsteal.query_cache import CachedTarget, QueryCache
+from encsteal.target import LocalTarget, SybilTarget, answered
 
 from conftest import tiny_checkpoint, tiny_tree
 
@@ -59,7 +61,7 @@ def test_aligned_sybils_pool_answers_of_one_space_where_plain_sybils_pool_three(
     accounts = SimulatedAccounts()
     sybils = [defended(encoder, b4b, account=f"s{i}", accounts=accounts) for i in range(3)]
     anchors, queries = images["digits"][:300], images["digits"][300:600]
-    aligned = ask(AlignedSybils(sybils, anchors), queries)
+    aligned = ask(AlignedSybils(sybils, Aligner(anchors)), queries)
     plain = ask(SybilTarget([defended(encoder, b4b, account=f"p{i}") for i in range(3)]), queries)
     reference = ask(defended(encoder, b4b, account="s0"), queries)  # the first account's space, same secret
     assert error(aligned, reference) < 0.05
@@ -113,6 +115,49 @@ def test_paced_accounts_stay_under_the_coverage_threshold_that_stops_one_account
     assert all(account.queries <= limit for account in paced.accounts)
 
 
+def test_sybils_and_paced_accounts_go_on_through_the_accounts_the_provider_has_not_refused(encoder, images, tmp_path):
+    """An attacker refused on one account keeps what it was answered (the query cache) and buys on through its
+    other accounts: sybils until every one is refused, a paced attacker by opening the next account."""
+    detection = "detection:coverage_threshold=8,prada_threshold=null,policy=refuse,bits=6,projections=4"
+    x = images["crops"][:600]
+
+    def bought(target, name: str) -> torch.Tensor:
+        cached = CachedTarget(target, QueryCache(tmp_path / f"{name}.sqlite", name), batch_size=REQUEST, progress=False)
+        return answered(cached.embed(x))
+
+    alone = bought(defended(encoder, detection), "alone")
+    assert 0 < alone.sum() < len(x)
+    spread = SimulatedAccounts()
+    sybils = SybilTarget([defended(encoder, detection, account=f"s{i}", accounts=spread) for i in range(3)])
+    kept = bought(sybils, "sybils")
+    assert sorted(sybils.refused) == [0, 1, 2]  # every account refused in the end, each after its own share
+    assert kept.sum() == sum(spread.account(f"s{i}").images for i in range(3)) > alone.sum()
+    paced_accounts = SimulatedAccounts()
+    paced = PacedAccounts(lambda i: defended(encoder, detection, account=f"p{i}", accounts=paced_accounts), len(x))
+    assert bought(paced, "paced").all() and len(paced.accounts) >= 2 and 0 in paced.refused
+
+
+def test_averaging_and_recovery_work_on_the_answers_a_refused_attacker_has(encoder, images):
+    class RefusedAfter:
+        """The first `count` images answered, the rest NaN (a query cache after a refusal)."""
+
+        def __init__(self, count: int) -> None:
+            self.count, self.queries, self.target = count, 0, defended(encoder, "noise:sigma=1.0,secret=3")
+
+        def embed(self, batch):
+            features = self.target.embed(batch)
+            features[self.count:] = float("nan")
+            return features
+
+    x = images["digits"][:100]
+    averaged = AveragingTarget(RefusedAfter(250), repeats=4, jitter=2).embed(x)  # 2.5 answered copies per image
+    assert answered(averaged).all()
+    assert torch.allclose(averaged[:50], defended(encoder, "noise:sigma=1.0,secret=3").embed(
+        torch.cat(near_duplicates(x, 4, 2, 0)))[:300].view(3, 100, -1)[:, :50].mean(dim=0), atol=1e-5)
+    recovered = RecoveringTarget(RefusedAfter(60)).embed(x)
+    assert answered(recovered).tolist() == [True] * 60 + [False] * 40
+
+
 def test_cover_queries_hide_a_stream_of_near_duplicates_from_prada(encoder, images):
     """The averaging attacker's near-duplicates put a quarter of its distances near 0: PRADA flags it. Three natural
     cover images per attack image make the distances look normal again."""
@@ -157,6 +202,37 @@ def test_every_adaptive_option_steals_in_a_whole_run_and_counts_every_query(name
     if name == "pace":
         assert [a["account"] for a in results["attacker_accounts"]] == ["attacker", "attacker-2", "attacker-3"]
         assert all(a["images"] <= 20 for a in results["attacker_accounts"])
+
+
+def test_a_resumed_aligned_run_buys_no_anchor_twice(tmp_path, one_thread, monkeypatch):
+    """The aligned sybils' answers to the anchors are kept beside the query cache: a run killed after the anchors
+    and one request refits the same maps when it is resumed, and buys only the images it had not bought."""
+    tree = tiny_tree(run_dir=str(tmp_path / "run"), target={"query_batch_size": 16, "accounts": 3,
+                                                           "defenses": [DEFENSES["b4b"]]})
+    tree["attack"] = {**tree["attack"], "adaptive": {"align_anchors": 16}}
+    run = Run.open(config_from_dict(tree), progress=False)
+    pretrain(run)
+    respond, requests = LocalTarget._respond, []
+
+    def dies_at_the_fifth_request(self, chunk):  # 3 accounts x 16 anchors, then one request of the attack's
+        requests.append(len(chunk))
+        if len(requests) == 5:
+            raise KeyboardInterrupt
+        return respond(self, chunk)
+
+    monkeypatch.setattr(LocalTarget, "_respond", dies_at_the_fifth_request)
+    with pytest.raises(KeyboardInterrupt):
+        steal(run)
+    monkeypatch.setattr(LocalTarget, "_respond", respond)
+    sent = lambda: sum(account.images for account in SimulatedAccounts(simulated_accounts_path(run)).accounts.values())  # noqa: E731
+    assert sent() == 3 * 16 + 16 and len(list(kept_anchors_dir(run).glob("account-*.sqlite"))) == 3
+    meta = read_sidecar(steal(run))
+    assert sent() == 3 * 16 + 48  # the two requests left, not one anchor again
+    assert meta["queries"] == 48 + 3 * 16 and meta["queries_this_run"] == 32 and meta["queries_reused"] == 16 + 3 * 16
+    run.stolen_path.unlink()
+    sidecar_path(run.stolen_path).unlink()
+    again = read_sidecar(steal(run))  # every answer cached: nothing asked below the cache, the anchors still counted
+    assert sent() == 3 * 16 + 48 and again["queries"] == meta["queries"] and again["queries_this_run"] == 0
 
 
 def test_adaptive_settings_stay_out_of_the_recipe_at_their_defaults(tiny_config):

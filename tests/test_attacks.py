@@ -7,6 +7,7 @@ import torch
 
 from encsteal.attacks import ATTACKS, QUERIES_PER_IMAGE
 from encsteal.config import AttackConfig, ConfigError
+from encsteal.defenses.accounts import AccountRefused
 from encsteal.losses import DISTANCES
 from encsteal.models import Encoder, build_encoder
 from encsteal.target import LocalTarget
@@ -52,6 +53,34 @@ def test_attack_trains_and_pays_what_it_should(name, target, surrogate):
         assert out.shape == (2, target.feature_dim)
     if name != "stolenencoder-query-aug":  # the budget's division: what it pays is what it says it buys per image
         assert target.queries - before == len(surrogate) * QUERIES_PER_IMAGE[name](config) * (name != "surrogate-pretrain")
+
+
+class RefusedHalfWay:
+    """A query cache after a refusal: the first images it was ever asked for are answered, every later one is NaN."""
+
+    def __init__(self, target, answered: int) -> None:
+        self.target, self.left, self.queries = target, answered, 0
+        self.seen: dict[bytes, torch.Tensor] = {}
+
+    def embed(self, images):
+        out = self.target.embed(images)
+        for index, image in enumerate(images):
+            key = image.numpy().tobytes()
+            if key not in self.seen:
+                self.seen[key] = out[index] if self.left > 0 else torch.full_like(out[index], float("nan"))
+                self.left -= 1
+            out[index] = self.seen[key]
+        return out
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_an_attack_refused_half_way_trains_on_the_answers_it_has(name, target, surrogate):
+    config = AttackConfig(name=name, arch="small_cnn", epochs=1, batch_size=12, augment=["horizontal_flip"])
+    stolen = ATTACKS[name](RefusedHalfWay(target, 14), surrogate, config, ctx())
+    with torch.inference_mode():
+        assert torch.isfinite(stolen(torch.rand(2, 3, 32, 32))).all()
+    with pytest.raises(AccountRefused, match="answers for 1 of its"):
+        ATTACKS["stolenencoder"](RefusedHalfWay(target, 1), surrogate, config, ctx())
 
 
 @pytest.mark.parametrize(

@@ -79,3 +79,32 @@ def test_audit_deployments_and_attacks_read_as_serve_reads_defenses(tmp_path, ch
     ids = [run.id for run in plan_matrix(path)[2]]
     assert "sybils-aligned@1%__b4b__seed=0" in ids and "sybils-aligned@1%__none__seed=0" not in ids
     assert "paced@1%__b4b__seed=0" in ids and "stolenencoder@1%__none__seed=0" in ids
+
+
+def test_the_audit_keeps_the_deployments_secrets_out_of_its_matrix_file(tmp_path, checkpoint, monkeypatch):
+    path = audit_matrix(checkpoint, ["b4b:beta=9,secret=718249", "noise:sigma=0.5,secret=581923 > pow:base=20",
+                                     "b4b:beta=9,secret=4242"], tmp_path, public="digits:test", budgets=["1%"],
+                        attacks=["stolenencoder"])
+    text = path.read_text()
+    assert all(secret not in text for secret in ("718249", "581923", "4242"))
+    secrets = tmp_path / "audit-secrets.yaml"
+    assert secrets.stat().st_mode & 0o777 == 0o600 and (tmp_path / "runs").stat().st_mode & 0o777 == 0o700
+    assert yaml.safe_load(secrets.read_text()) == {"ENCSTEAL_AUDIT_SECRET_B4B_1": 718249,
+                                                  "ENCSTEAL_AUDIT_SECRET_NOISE_POW_1": 581923,
+                                                  "ENCSTEAL_AUDIT_SECRET_B4B_PRIME_1": 4242}
+
+    def secrets_of(defense: str) -> list[int]:
+        planned = {run.id: run.config for run in plan_matrix(path)[2]}
+        return [d.secret for d in planned[f"stolenencoder@1%__{defense}__seed=0"].target.defenses if hasattr(d, "secret")]
+
+    assert secrets_of("b4b") == [718249] and secrets_of("b4b'") == [4242] and secrets_of("noise+pow") == [581923, 0]
+    monkeypatch.setenv("ENCSTEAL_AUDIT_SECRET_B4B_1", "17")  # the environment first
+    assert secrets_of("b4b") == [17]
+    monkeypatch.delenv("ENCSTEAL_AUDIT_SECRET_B4B_1")
+    secrets.chmod(0o644)
+    with pytest.raises(ConfigError, match="may be read by others than its owner: chmod 600"):
+        plan_matrix(path)
+    secrets.write_text("ENCSTEAL_AUDIT_SECRET_B4B_1: 1\n")
+    secrets.chmod(0o600)
+    with pytest.raises(ConfigError, match=r"secret \$ENCSTEAL_AUDIT_SECRET_NOISE_POW_1 is neither in the environment"):
+        plan_matrix(path)

@@ -2,6 +2,7 @@
 underneath, the ownership verdict on every copy, both sides in every cell, resumable)."""
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,34 @@ def test_a_tiny_matrix_reports_both_sides_of_every_cell_and_resumes(tmp_path, on
     run_matrix(path, progress=False, echo=said.append)
     assert sum("done before, skipped" in line for line in said) == 5
     assert not any(line.startswith("verifying") for line in said)
+
+
+def test_a_refused_attacker_trains_on_what_it_was_answered_and_its_cell_says_so(tmp_path, one_thread):
+    """Detection with the policy `refuse` flags an account at its first request of 16 images and refuses the next:
+    the attacker keeps those 16 answers and trains on them, sybils on the answers of each account; the legitimate
+    user is refused too, and loses the images it could not embed. Under `throttle` the attacker waits instead."""
+    refuse = {"target.defenses": [{"name": "detection", "coverage_threshold": 2.0, "prada_threshold": None,
+                                   "policy": "refuse", "bits": 6, "projections": 4}]}
+    throttle = {"target.defenses": [{**refuse["target.defenses"][0], "policy": "throttle", "throttle_rate": 20.0}]}
+    path = tiny_matrix(tmp_path, attacks={"plain": {}, "sybils-2": {"target.accounts": 2}},
+                       defenses={"none": {}, "refuse": refuse, "throttle": throttle},
+                       only={"sybils-2": ["refuse"]}, headline=None, verify=None)
+    report = run_matrix(path, progress=False, echo=lambda *_: None)
+    with (tmp_path / "runs" / "matrix.csv").open() as handle:
+        rows = {(r["attack"], r["defense"]): r for r in csv.DictReader(handle)}
+    assert all(r["status"] == "done" for r in rows.values())
+    alone, sybils = rows[("plain", "refuse")], rows[("sybils-2", "refuse")]
+    assert float(alone["refused_at"]) == float(alone["queries"]) == 16 and alone["refused_seeds"] == "1"
+    assert float(sybils["refused_at"]) == float(sybils["queries"]) == 32  # each account answered one request
+    assert float(alone["flagged_at"]) == 16 and alone["G"] != "" and rows[("plain", "none")]["refused_at"] == ""
+    throttled = rows[("plain", "throttle")]  # flagged at its first request, it waits 1/20 s before each next one
+    assert float(throttled["queries"]) == 48 and throttled["refused_at"] == "" and float(throttled["wait_seconds"]) > 0
+    assert float(alone["wait_seconds"]) == 0 and rows[("plain", "none")]["wait_seconds"] == ""
+    results = json.loads((tmp_path / "runs" / "plain__refuse__seed=0" / "results.json").read_text())
+    assert results["refused"]["account"] == "attacker" and results["refused"]["unanswered"] == 48 - 16
+    customer = results["customers"][0]
+    assert 0 < customer["refused_at"] < 40 and customer["accuracy"] <= customer["refused_at"] / 40
+    assert "| plain | refuse | 1 |" in report.read_text() and "after 16 images (1/1 seeds)" in report.read_text()
 
 
 def test_cells_that_set_one_key_twice_or_name_unknown_cells_are_refused(tmp_path):

@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from encsteal.defenses.accounts import AccountRefused
 from encsteal.query_cache import CachedTarget, QueryCache, QueryCacheError, image_digests
-from encsteal.target import QueryError, check_images
+from encsteal.target import QueryError, answered, check_images
 
 
 class CountingTarget:
@@ -80,6 +81,38 @@ def test_a_failed_request_keeps_what_was_paid_before(tmp_path: Path):
     retry = CountingTarget()
     CachedTarget(retry, QueryCache(tmp_path / "q.sqlite", "t"), batch_size=4, progress=False).embed(images(10))
     assert retry.queries == 2
+
+
+class RefusesAfter(CountingTarget):
+    """An API that refuses the account once it has answered `limit` images (as detection's policy `refuse`)."""
+
+    def __init__(self, limit):
+        super().__init__()
+        self.limit = limit
+
+    def embed(self, images):
+        if self.queries >= self.limit:
+            raise AccountRefused("the provider refuses account 'attacker'", "attacker", self.queries)
+        return super().embed(images)
+
+
+def test_a_refused_attacker_keeps_what_it_was_answered_and_buys_nothing_more(tmp_path: Path):
+    x = images(10)
+    api = RefusesAfter(8)
+    cached = CachedTarget(api, QueryCache(tmp_path / "q.sqlite", "t"), run="r", batch_size=4, progress=False)
+    out = cached.embed(x)
+    assert torch.equal(out[:8], x[:8].float().mean(dim=(2, 3)))
+    assert torch.isnan(out[8:]).all() and answered(out).tolist() == [True] * 8 + [False] * 2
+    assert cached.refusal["account"] == "attacker" and cached.refusal["account_images"] == 8
+    assert cached.refusal["images"] == 8 and cached.refusal["at"]
+    assert cached.cache.asked("r") == 8 and len(cached.unanswered) == 2  # only answered images are its queries
+    calls = len(api.calls)
+    again = cached.embed(torch.cat([x, images(3, seed=1)]))  # after a refusal: the cache alone answers
+    assert len(api.calls) == calls and answered(again).sum() == 8 and len(cached.unanswered) == 5
+    resumed = CachedTarget(api, QueryCache(tmp_path / "q.sqlite", "t"), run="r", batch_size=4, progress=False)
+    assert torch.equal(resumed.embed(x)[:8], out[:8]) and resumed.queries == 0 and resumed.refusal is not None
+    with pytest.raises(AccountRefused, match="before it had a single answer"):
+        CachedTarget(RefusesAfter(0), QueryCache(tmp_path / "p.sqlite", "t"), progress=False).embed(x)
 
 
 def test_digests_depend_on_pixels_and_shape():

@@ -33,8 +33,14 @@ class Target(Protocol):
     """Images embedded so far (each one a paid query on a real API)."""
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images N x 3 x H x W -> float32 features N x D (on the CPU)."""
+        """uint8 images N x 3 x H x W -> float32 features N x D (on the CPU). A row of NaN: an image the target
+        could not answer because the provider refused the attacker (encsteal.query_cache.CachedTarget)."""
         ...
+
+
+def answered(features: torch.Tensor) -> torch.Tensor:
+    """Which rows of `features` hold an answer (the others are NaN: refused, see Target.embed)."""
+    return torch.isfinite(features).all(dim=1)
 
 
 def check_images(images: torch.Tensor, image_size: int | None = None) -> None:
@@ -61,7 +67,9 @@ class LocalTarget:
     With account-aware defenses the target answers one account, `account`, whose state lives in `accounts`
     (simulated accounts; several targets may share them, as sybil accounts share one provider): each batch of
     `batch_size` images is one request, its proof-of-work puzzle solved here (`pow_seconds`: CPU seconds) and
-    refused (AccountRefused) once a detection defense with the policy `refuse` has flagged the account."""
+    refused (AccountRefused) once a detection defense with the policy `refuse` has flagged the account. Under the
+    policy `throttle` a flagged account's requests are `1 / throttle_rate` seconds apart, as the API's rate limit
+    keeps them: the client waits it out, as a real one does (`wait_seconds`)."""
 
     def __init__(self, encoder: Encoder, *, image_size: int, device: torch.device, batch_size: int = 256,
                  defenses: Sequence[Defense | AccountAware] = (), account: str = "local",
@@ -78,25 +86,38 @@ class LocalTarget:
         self.pow_seconds = 0.0
         """CPU seconds spent solving this target's proof-of-work puzzles."""
         self.pow_hashes = 0
+        self.wait_seconds = 0.0
+        """Seconds this target waited for a throttled account's rate."""
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         check_images(images, self.image_size)
+        features = []
         with torch.inference_mode():
-            features = [
-                (self._respond(chunk) if self.model.account_aware
-                 else self.model(channels_last(to_float_batch(chunk, self.device)))).float().cpu()
-                for chunk in images.split(self.batch_size)
-            ]
-        self.queries += len(images)
+            for chunk in images.split(self.batch_size):
+                features.append((self._respond(chunk) if self.model.account_aware
+                                 else self.model(channels_last(to_float_batch(chunk, self.device)))).float().cpu())
+                self.queries += len(chunk)
         return torch.cat(features)
 
     def _respond(self, chunk: torch.Tensor) -> torch.Tensor:
-        """One request of the account, as the API serves it: refusal, proof of work, features, new states."""
+        """One request of the account, as the API serves it: refusal or the throttled rate, proof of work, features,
+        new states."""
         account = self.accounts.account(self.account)
+        interval = 0.0
         for defense, slot in zip(self.model.defenses, slots(self.model.defenses)):
-            if isinstance(defense, Detection) and defense.config.policy == "refuse" and \
-                    Detection.flagged(account.states.get(slot)):
-                raise AccountRefused(f"the provider refuses account '{self.account}': flagged as stealing")
+            if not isinstance(defense, Detection) or not Detection.flagged(account.states.get(slot)):
+                continue
+            if defense.config.policy == "refuse":
+                raise AccountRefused(f"the provider refuses account '{self.account}': flagged as stealing",
+                                     self.account, account.images)
+            if defense.config.policy == "throttle":
+                interval = max(interval, 1.0 / defense.config.throttle_rate)
+        if interval and account.history:
+            wait = account.history[-1]["time"] + interval - time.time()
+            if wait > 0:
+                time.sleep(wait)
+                self.wait_seconds += wait
+                account.wait_seconds += wait
         for defense, slot in zip(self.model.defenses, slots(self.model.defenses)):
             if isinstance(defense, ProofOfWork):
                 digest = hashlib.sha256(chunk.contiguous().numpy().tobytes()).hexdigest()
@@ -115,19 +136,36 @@ class LocalTarget:
 
 
 class SybilTarget:
-    """One attacker behind several accounts: request i (each `embed` call) goes to account i mod k."""
+    """One attacker behind several accounts: request i (each `embed` call) goes to account i mod k. An account the
+    provider refuses is dropped and the request goes to the next one; AccountRefused once every account is."""
 
     def __init__(self, targets: Sequence[Target]) -> None:
         if not targets:
             raise ValueError("a sybil attacker needs at least one account")
         self.targets = list(targets)
         self.requests = 0
+        self.refused: dict[int, AccountRefused] = {}
+        """Accounts the provider refused, by index, with the refusal."""
 
     @property
     def queries(self) -> int:
         return sum(target.queries for target in self.targets)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        target = self.targets[self.requests % len(self.targets)]
-        self.requests += 1
-        return target.embed(images)
+        return next_live_account(self, lambda index: self.targets[index].embed(images))
+
+
+def next_live_account(sybils, ask):
+    """`ask(index)` of the account whose turn it is (request i: account i mod k) among those not refused yet; an
+    account that is refused now is marked and the next one asked. Raises the last refusal once all are refused.
+    `sybils` has `targets`, `requests` and `refused` (SybilTarget's)."""
+    for _ in range(len(sybils.targets)):
+        index = sybils.requests % len(sybils.targets)
+        sybils.requests += 1
+        if index in sybils.refused:
+            continue
+        try:
+            return ask(index)
+        except AccountRefused as refusal:
+            sybils.refused[index] = refusal
+    raise list(sybils.refused.values())[-1]

@@ -2,6 +2,7 @@
 stealing detection, and the simulated accounts that carry their states."""
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -167,6 +168,23 @@ def test_refuse_policy_refuses_a_flagged_account_and_no_other(encoder, one_threa
     with pytest.raises(AccountRefused, match="thief"):
         thief.embed(images(16, seed=1))
     target(encoder, spec, "other", accounts).embed(images(1))
+
+
+def test_throttle_policy_spaces_a_flagged_accounts_requests_and_the_client_waits(encoder, one_thread):
+    accounts = SimulatedAccounts()
+    spec = "detection:prada_threshold=null,coverage_threshold=1,bits=4,projections=2,policy=throttle,throttle_rate=5"
+    thief = target(encoder, spec, "thief", accounts)
+    started = time.monotonic()
+    thief.embed(images(16))  # answered at once, and flagged
+    assert thief.wait_seconds == 0 and Detection.flagged(accounts.account("thief").states["detection"])
+    thief.embed(images(48, seed=1))  # three requests, each 1/5 s after the one before
+    times = [request["time"] for request in accounts.account("thief").history]
+    assert all(later - earlier >= 0.2 - 1e-3 for earlier, later in zip(times, times[1:]))
+    assert 0.4 < thief.wait_seconds <= time.monotonic() - started and len(times) == 4
+    assert accounts.account("thief").wait_seconds == thief.wait_seconds
+    other = target(encoder, spec, "other", accounts)
+    other.embed(images(1))
+    assert other.wait_seconds == 0  # no other account waits
 
 
 def test_sybil_target_spreads_requests_over_its_accounts(encoder, one_thread):

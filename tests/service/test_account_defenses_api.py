@@ -13,9 +13,10 @@ import torch
 
 from encsteal.checkpoint import load_encoder
 from encsteal.defenses import build_defense, parse_defense
+from encsteal.defenses.accounts import AccountRefused
 from encsteal.defenses.proof_of_work import Challenge, solve
 from encsteal.service import codec
-from encsteal.service.client import ApiError, HttpTarget
+from encsteal.service.client import ApiRefused, HttpTarget
 from encsteal.service.ledger import Ledger
 from encsteal.service.server import ServerProcess, ServeSettings
 from encsteal.target import LocalTarget
@@ -185,8 +186,10 @@ def test_detection_flags_a_stealing_stream_and_refuses_it_and_not_a_benign_one(c
     spec = "detection:prada_threshold=0.9,min_queries=50,policy=refuse"
     with ServerProcess(settings(checkpoint, db, spec)) as server:
         HttpTarget(server.url, benign, batch_size=50).embed(natural(300, seed=1))
-        with pytest.raises(ApiError, match="403.*flagged"):  # refused from the request after the flag on
-            HttpTarget(server.url, thief, batch_size=50).embed(synthetic(300, seed=2))
+        thieving = HttpTarget(server.url, thief, batch_size=50)
+        with pytest.raises(ApiRefused, match="403.*flagged") as refusal:  # refused from the request after the flag on
+            thieving.embed(synthetic(300, seed=2))
+        assert isinstance(refusal.value, AccountRefused) and refusal.value.images == thieving.queries > 0
         refused = post(server, thief, codec.encode_npy(images(2).numpy()))
         assert refused.status_code == 403 and "flagged" in refused.json()["detail"]
         assert post(server, benign, codec.encode_npy(natural(2, seed=5).numpy())).status_code == 200

@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from encsteal.attacks.answers import keep_answered
 from encsteal.attacks.pool import start_copy
 from encsteal.attacks.stolenencoder import bought_views
 from encsteal.config import AttackConfig, ConfigError
@@ -43,11 +44,12 @@ UNUSED_KEYS = ("loss", "clean_weight", "lam", "normalize_features", "bought_view
 
 
 def prototypes(target: Target, surrogate: torch.Tensor, config: AttackConfig, ctx: TrainContext) -> torch.Tensor:
-    """p(x) for every surrogate image: the mean of the target's unit features of x and P − 1 bought views."""
+    """p(x) for every surrogate image: the mean of the target's unit features of x and P − 1 bought views (of
+    those answered, if the provider refused the attacker half-way; NaN for an image with none)."""
     views = bought_views(surrogate, config.bought_augment, config.bought_crop_scale, config.prototype_views - 1,
                          ctx.seed, ctx.device)
     features = target.embed(torch.cat([surrogate, *views]))
-    return F.normalize(features, dim=1).view(config.prototype_views, len(surrogate), -1).mean(dim=0)
+    return F.normalize(features, dim=1).view(config.prototype_views, len(surrogate), -1).nanmean(dim=0)
 
 
 def steal_rda(target: Target, surrogate: torch.Tensor, config: AttackConfig, ctx: TrainContext,
@@ -64,7 +66,7 @@ def steal_rda(target: Target, surrogate: torch.Tensor, config: AttackConfig, ctx
     if config.batch_size < 2:
         raise ConfigError("attack.name=rda needs attack.batch_size at least 2: the other images are its negatives")
     device, dist = ctx.device, ctx.dist
-    targets = prototypes(target, surrogate, config, ctx)
+    targets, surrogate, _ = keep_answered(prototypes(target, surrogate, config, ctx), surrogate)
     copy = start_copy(config, targets.shape[1], init, unbought, ctx)
     extra, views = copy.extra, config.views
     extra_images = 2 * extra.batch_size if extra is not None else 0

@@ -19,6 +19,8 @@ B_j(x) of every image once (`attack.bought_augment`), and train on each view as 
 bought feature in L1 and the approximation f_t(A(B_j x)) ≈ f_t(B_j x) in L2: (1 + k)·|D| queries, so that a
 budget buys it for 1 / (1 + k) of the images (the pipeline divides).
 
+An attacker the provider refuses half-way trains on the images it has answers for (encsteal.attacks.answers).
+
 From the attacker's pool (encsteal.attacks.pool): `init` starts the copy from given weights (the attacker's own
 SimCLR encoder of its pool, or an earlier round's copy), and with `unbought` images and attack.unbought_weight =
 μ each step adds μ·NT-Xent between two views of a batch of them (UnboughtTerm).
@@ -29,13 +31,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from encsteal.attacks.answers import keep_answered
 from encsteal.attacks.pool import start_copy
 from encsteal.augment import build_augmentation
 from encsteal.config import AttackConfig, ConfigError
 from encsteal.distributed import gather, shard, unwrap
 from encsteal.losses import LABELLED_LOSSES, MIN_BATCH_SIZES, StealingLoss, stealing_loss
 from encsteal.models import Encoder
-from encsteal.target import Target
+from encsteal.target import Target, answered
 from encsteal.training import EpochLoop, TrainContext, channels_last_cat, to_float_batch
 
 
@@ -95,8 +98,10 @@ def _train(
         augmented = [augment(x) for _ in range(views)]
         v = target_features[index].to(device)
         if query_target is not None:
-            # query-aug: pay for f_t(A(x)) of every view, every epoch, and train on the images the target saw
+            # query-aug: pay for f_t(A(x)) of every view, every epoch, and train on the images the target saw; a
+            # view the provider refused to answer falls back on StolenEncoder's f_t(A(x)) ≈ f_t(x)
             v_views = [_prepare(query_target.embed(to_uint8(a)), config).to(device) for a in augmented]
+            v_views = [torch.where(answered(v_j)[:, None], v_j, v) for v_j in v_views]
             augmented = [to_uint8(a).to(device).float().div_(255) for a in augmented]
         else:
             v_views = [v] * views
@@ -142,7 +147,7 @@ def steal(target: Target, surrogate: torch.Tensor, config: AttackConfig, ctx: Tr
                              ctx.seed, ctx.device)
         surrogate = torch.cat([surrogate, *views])
         labels = None if labels is None else labels.repeat(1 + config.bought_views)
-    features = _prepare(target.embed(surrogate), config)
+    features, surrogate, labels = keep_answered(_prepare(target.embed(surrogate), config), surrogate, labels)
     return _train(features, surrogate, config, ctx, query_target=None, labels=labels, unbought=unbought, init=init)
 
 
@@ -156,5 +161,5 @@ def steal_query_aug(target: Target, surrogate: torch.Tensor, config: AttackConfi
     if config.bought_views:
         raise ConfigError("attack.bought_views buys views once, for attack.name=stolenencoder; query-aug buys every "
                           "epoch's views already")
-    features = _prepare(target.embed(surrogate), config)
+    features, surrogate, labels = keep_answered(_prepare(target.embed(surrogate), config), surrogate, labels)
     return _train(features, surrogate, config, ctx, query_target=target, labels=labels, unbought=unbought, init=init)

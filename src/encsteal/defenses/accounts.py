@@ -32,7 +32,12 @@ from encsteal.errors import EncstealError
 
 
 class AccountRefused(EncstealError):
-    """The provider refuses this account's queries (a detection defense flagged it, with the policy `refuse`)."""
+    """The provider refuses this account's queries (a detection defense flagged it, with the policy `refuse`).
+    `account` names it and `images` counts the images it had been answered, where the refusing side knows them."""
+
+    def __init__(self, message: str, account: str | None = None, images: int | None = None) -> None:
+        super().__init__(message)
+        self.account, self.images = account, images
 
 
 @dataclass
@@ -123,6 +128,8 @@ class SimulatedAccount:
     """CPU seconds this account's client spent solving proof-of-work puzzles."""
     pow_hashes: int = 0
     images: int = 0
+    wait_seconds: float = 0.0
+    """Seconds its client waited for the account's rate (a detection's `throttle` policy)."""
 
 
 class SimulatedAccounts:
@@ -137,7 +144,7 @@ class SimulatedAccounts:
             for name, entry in json.loads(path.read_text()).items():
                 self.accounts[name] = SimulatedAccount(
                     {slot: bytes.fromhex(text) for slot, text in entry["states"].items()}, entry["history"],
-                    entry["pow_seconds"], entry["pow_hashes"], entry["images"])
+                    entry["pow_seconds"], entry["pow_hashes"], entry["images"], entry.get("wait_seconds", 0.0))
 
     def account(self, name: str) -> SimulatedAccount:
         return self.accounts.setdefault(name, SimulatedAccount())
@@ -154,7 +161,8 @@ class SimulatedAccounts:
             return
         tree = {name: {"states": {slot: state.hex() for slot, state in account.states.items()},
                        "history": account.history, "pow_seconds": account.pow_seconds,
-                       "pow_hashes": account.pow_hashes, "images": account.images}
+                       "pow_hashes": account.pow_hashes, "images": account.images,
+                       "wait_seconds": account.wait_seconds}
                 for name, account in self.accounts.items()}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_suffix(".tmp")

@@ -15,8 +15,9 @@ more than `coverage_threshold` % of the buckets is flagged. Either statistic can
 
 A flag stays. The policy says what follows, applied by whoever serves the account: `alert` records it (the
 console and `encsteal accounts list` show it), `throttle` limits the account to `throttle_rate` requests per
-second, `refuse` refuses its requests (403). In-process targets record the flag and refuse under `refuse`;
-they have no rate to throttle.
+second, `refuse` refuses its requests (403). In-process targets (encsteal.target.LocalTarget) do the same: they
+refuse under `refuse`, and under `throttle` space a flagged account's requests 1 / throttle_rate seconds apart,
+the client waiting as it would for the API's rate limit.
 """
 
 from __future__ import annotations

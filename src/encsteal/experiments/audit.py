@@ -5,7 +5,10 @@ The audit writes a matrix file (encsteal.experiments.matrix) into its output dir
 attacks at growing budgets (`<attack>@<budget>`, e.g. `stolenencoder@5%`), each adaptive attacker beside the
 deployments it is built against, against the encoder undefended and behind every deployment (`--defense`, each a
 deployment; `pow:base=200 > b4b:beta=9` stacks defenses as `encsteal serve` does), with legitimate users and the
-ownership verification of every copy. Resumable like any sweep: run the same command again. From the matrix's
+ownership verification of every copy. Resumable like any sweep: run the same command again. The deployments'
+secrets stay out of the matrix file: it names each `$ENCSTEAL_AUDIT_SECRET_<DEPLOYMENT>_<i>`, found in
+`audit-secrets.yaml` beside it (mode 0600) unless the environment sets it, and the runs' directory, whose run
+configs record the defenses as run, is its owner's alone (0700). From the matrix's
 records it writes `audit.json` and `audit.html`, one self-contained page (plots inlined, nothing loaded from
 elsewhere): G against queries and against money, the cheapest budget reaching G >= 0.5 and >= 0.8 per deployment,
 the ownership p-values of the copies, and what each deployment costs the legitimate users.
@@ -17,6 +20,8 @@ import base64
 import html
 import io
 import json
+import os
+import re
 import time
 from pathlib import Path
 
@@ -29,9 +34,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from encsteal.checkpoint import load_encoder  # noqa: E402
 from encsteal.defenses import describe, parse_defense  # noqa: E402
 from encsteal.errors import ConfigError  # noqa: E402
-from encsteal.experiments.matrix import matrix_records, over_seeds, run_matrix  # noqa: E402
+from encsteal.experiments.matrix import SECRET_REFERENCE, matrix_records, over_seeds, run_matrix  # noqa: E402
 from encsteal.experiments.verification import hardware  # noqa: E402
 
+SECRETS_FILE = "audit-secrets.yaml"
 THRESHOLDS = (0.5, 0.8)
 BUDGETS = ("1%", "2%", "5%")
 ATTACKS: dict[str, dict] = {
@@ -91,19 +97,52 @@ def audit_matrix(checkpoint: Path, defenses: list[str], out: Path, *, preset: st
             matrix_attacks[key] = {**settings, "surrogate.size": budget}
             if against is not None:
                 only[key] = targets
+    secrets: dict[str, int] = {}
+    defended = {}
+    for name, configs in deployed.items():
+        written = []
+        for index, config in enumerate(configs, start=1):
+            tree = config.model_dump(mode="json")
+            if tree.get("secret"):  # referenced by name; the value goes to the secrets file
+                reference = secret_name(name, index)
+                secrets[reference] = tree["secret"]
+                tree["secret"] = SECRET_REFERENCE + reference
+            written.append(tree)
+        defended[name] = {"target.defenses": written} if written else {}
     spec = {
         "base": preset, "runs_dir": str(out / "runs"), "price": price, "seeds": list(seeds),
         "overrides": [f"target.checkpoint={checkpoint}", *overrides],
         "attacks": matrix_attacks,
-        "defenses": {name: ({"target.defenses": [c.model_dump(mode="json") for c in configs]} if configs else {})
-                     for name, configs in deployed.items()},
+        "defenses": defended,
         "only": only,
         "verify": {"public": public, "settings": verify_settings or {}},
+        **({"secrets": SECRETS_FILE} if secrets else {}),
     }
     out.mkdir(parents=True, exist_ok=True)
+    (out / "runs").mkdir(mode=0o700, exist_ok=True)
+    (out / "runs").chmod(0o700)  # its runs' configs record the defenses as run, secrets included
+    if secrets:
+        write_private(out / SECRETS_FILE, "# the deployments' secrets, for audit-matrix.yaml; keep this file private\n"
+                      + yaml.safe_dump(secrets, sort_keys=False))
     path = out / "audit-matrix.yaml"
-    path.write_text("# written by encsteal audit; `encsteal matrix` reads it too\n" + yaml.safe_dump(spec, sort_keys=False))
+    path.write_text("# written by encsteal audit; `encsteal matrix` reads it too. Secrets: $NAME is the environment "
+                    f"variable NAME, else NAME in {SECRETS_FILE}\n" + yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+def secret_name(deployment: str, index: int) -> str:
+    """The name a deployment's `index`-th defense's secret goes by: ENCSTEAL_AUDIT_SECRET_POW_B4B_2 (the second
+    deployment of the same defenses, pow+b4b', ENCSTEAL_AUDIT_SECRET_POW_B4B_PRIME_2)."""
+    words = re.sub(r"[^A-Z0-9]+", "_", deployment.replace("'", "_prime").upper()).strip("_")
+    return f"ENCSTEAL_AUDIT_SECRET_{words}_{index}"
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path`, readable and writable by its owner only (0600), whatever the file was before."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        handle.write(text)
 
 
 def run_audit(checkpoint: Path, defenses: list[str], out: Path, *, progress: bool = True, echo=print, **options) -> Path:
@@ -127,7 +166,8 @@ def summary(matrix: Path, checkpoint: Path, defenses: list[str], seconds: float 
         attack, budget = cell["attack"].rsplit("@", 1)
         points.append({"deployment": cell["defense"], "attack": attack, "budget": budget,
                        **{key: cell.get(key) for key in ("queries", "money", "G", "G_ci95", "SA", "TA", "R",
-                                                         "pow_seconds", "flagged_share", "flagged_at", "ownership_p",
+                                                         "pow_seconds", "wait_seconds", "flagged_share",
+                                                         "flagged_at", "refused_at", "refused_seeds", "ownership_p",
                                                          "ownership", "customer_loss", "seeds", "copies_verified",
                                                          "copies_proven")}})
     deployed = deployments(defenses)
@@ -184,7 +224,10 @@ def _fmt(value, digits: str = ".2f") -> str:
 def _flagged(point: dict) -> str:
     if point["flagged_share"] is None:
         return "–"
-    return "no" if not point["flagged_share"] else f"{point['flagged_share']:.0%}, first at {point['flagged_at']:.0f} images"
+    if not point["flagged_share"]:
+        return "no"
+    refused = "" if not point["refused_seeds"] else f"; refused after {point['refused_at']:.0f} images"
+    return f"{point['flagged_share']:.0%}, first at {point['flagged_at']:.0f} images{refused}"
 
 
 def page(result: dict) -> str:
@@ -202,7 +245,7 @@ def page(result: dict) -> str:
     rows_points = [
         f"<tr><td>{esc(p['deployment'])}</td><td>{esc(p['attack'])}</td><td>{esc(p['budget'])}</td>"
         f"<td>{_fmt(p['queries'], '.0f')}</td><td>{_fmt(p['money'], '.4g')}</td><td>{_fmt(p['G'])}</td>"
-        f"<td>{_fmt(p['pow_seconds'], '.1f')}</td>"
+        f"<td>{_fmt(p['pow_seconds'], '.1f')}</td><td>{_fmt(p['wait_seconds'], '.0f')}</td>"
         f"<td>{_flagged(p)}</td>"
         f"<td>{_fmt(p['ownership_p'], '.1e')}</td><td>{esc(p['ownership'] or '–')}</td></tr>"
         for p in result["points"]]
@@ -221,7 +264,8 @@ caption {{ text-align: left; font-weight: bold; }} img {{ max-width: 100%; }}
 <h1>How cheaply can this encoder be copied through its API?</h1>
 <p>Target <code>{esc(result['checkpoint'])}</code>. The strongest attacks at growing budgets against each deployment,
 the copy's captured gain G = (SA − R)/(TA − R), money as queries × {result['price']:g} per image (or what the API
-billed), proof-of-work CPU seconds, the ownership verification of every copy, and what each deployment costs
+billed), proof-of-work CPU seconds, seconds waited for a throttled rate, flags and refusals (a refused attacker's
+copy is trained on what it was answered before), the ownership verification of every copy, and what each deployment costs
 legitimate users. {esc(result['hardware'])}{'' if result['wall_seconds'] is None else f"; {result['wall_seconds'] / 60:.0f} min"}.</p>
 <table id="cheapest"><caption>The cheapest budget reaching G ≥ 0.5 and G ≥ 0.8</caption>
 <tr><th>deployment</th><th>defenses</th><th>best G</th><th>G ≥ 0.5</th><th>G ≥ 0.8</th></tr>
@@ -233,7 +277,8 @@ legitimate users. {esc(result['hardware'])}{'' if result['wall_seconds'] is None
 <tr><th>deployment</th><th>users' accuracy loss (points)</th><th>copies proven stolen</th></tr>
 {''.join(rows_users)}</table>
 <table id="copies"><caption>Every copy</caption>
-<tr><th>deployment</th><th>attack</th><th>budget</th><th>queries</th><th>money</th><th>G</th><th>PoW s</th><th>flagged</th>
+<tr><th>deployment</th><th>attack</th><th>budget</th><th>queries</th><th>money</th><th>G</th><th>PoW s</th><th>waited s</th>
+<th>flagged</th>
 <th>ownership p</th><th>verdict</th></tr>
 {''.join(rows_points)}</table>
 {f'<h2>Runs that failed</h2><ul id="failed">{failed}</ul>' if failed else ''}

@@ -4,8 +4,10 @@ A customer embeds its own labelled images once, through its own account, in requ
 in a seeded order (as a customer uploads a data set), and trains a classifier on the features it receives; its
 utility is the classifier's k-fold cross-validated accuracy over those images. The same images embedded by the
 undefended encoder give its baseline; `loss` is baseline − accuracy (points of accuracy the defenses cost it).
-Its proof-of-work CPU seconds and the figures the account-aware defenses keep for its account (coverage,
-statistics, flag) come along.
+Its proof-of-work CPU seconds, the seconds it waited for a throttled rate and the figures the account-aware
+defenses keep for its account (coverage, statistics, flag) come along. A customer the provider refuses half-way
+(flagged by a detection with the policy `refuse`) cannot embed the rest of its images: they count as wrong in
+its accuracy, and `refused_at` says after how many images it was refused.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from encsteal.config import CustomerConfig, ProbeConfig
 from encsteal.data import load_dataset
 from encsteal.data.surrogate import draw
+from encsteal.defenses.accounts import AccountRefused
 from encsteal.evaluate.probe import probe_accuracy
 from encsteal.target import LocalTarget
 
@@ -33,6 +36,9 @@ class CustomerResult:
     pow_seconds: float
     pow_seconds_per_image: float
     figures: dict[str, dict[str, float]]
+    wait_seconds: float = 0.0
+    refused_at: int | None = None
+    """The images it had embedded when the provider refused it (None: never refused)."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -75,10 +81,21 @@ def serve_customer(customer: CustomerConfig, defended: Callable[[str], LocalTarg
     images, labels, num_classes = customer_data(customer, root=root, image_size=image_size, seed=seed)
     account = f"customer:{customer.name}"
     target = defended(account)
-    features = target.embed(images)
+    answers, refused_at = [], None
+    for request in images.split(target.batch_size):
+        try:
+            answers.append(target.embed(request))
+        except AccountRefused:
+            refused_at = sum(len(answer) for answer in answers)
+            break
+    embedded = sum(len(answer) for answer in answers)
     baseline_features = undefended.embed(images)
     probe = customer.probe or probe
-    accuracy = cross_validated(features, labels, num_classes, customer.folds, probe, seed, device)
+    accuracy = 0.0
+    if embedded >= 2 * customer.folds:  # the images it could not embed, it cannot classify: they count as wrong
+        accuracy = cross_validated(torch.cat(answers), labels[:embedded], num_classes, customer.folds, probe, seed,
+                                   device) * embedded / len(images)
     baseline = cross_validated(baseline_features, labels, num_classes, customer.folds, probe, seed, device)
     return CustomerResult(customer.name, len(images), accuracy, baseline, baseline - accuracy, target.pow_seconds,
-                          target.pow_seconds / len(images), target.accounts.figures(account))
+                          target.pow_seconds / len(images), target.accounts.figures(account),
+                          wait_seconds=target.wait_seconds, refused_at=refused_at)

@@ -15,10 +15,13 @@
     only: {averaged: [none, noise]}             # an attack against some defenses only (default: all)
     headline: {attacks: [stolenencoder], defenses: [none, noise], seeds: [0, 1, 2]}   # cells with more seeds
     verify: {public: fashion-mnist:test}        # the ownership verdict on every copy (encsteal.ownership.verify)
+    secrets: secrets.yaml                       # where `secret: $NAME` is looked up when NAME is not in the environment
 
 Underneath it is a sweep (encsteal.experiments.sweep) whose cases are the cells, `<attack>__<defense>__seed=<s>`:
 resumable, with shared targets, query caches and probe caches, and dispatchable with --executor submitit. An
-attack and a defense that set the same key are refused when the file is read. Then every copy is verified against
+attack and a defense that set the same key are refused when the file is read. A defense's secret may stay out of
+the file: `secret: $NAME` is the environment variable NAME, or else the entry NAME of the `secrets` file (a YAML
+mapping, refused unless only its owner may read it). Then every copy is verified against
 its target (dataset inference, and the watermark where the target has one), once per copy's weights, in
 `<runs_dir>/verify.sqlite`. Writes `<runs_dir>/matrix.csv` (one row per cell: the mean over its seeds and the
 half-width of the 95 % interval), `matrix-per-seed.csv`, `matrix.md` and a heat map per measure
@@ -31,6 +34,7 @@ import csv
 import hashlib
 import json
 import math
+import os
 import time
 import traceback
 from pathlib import Path
@@ -79,6 +83,9 @@ class MatrixSpec(Strict):
     task: str | None = None
     """The downstream task the cells report (default: each run's first)."""
     verify: MatrixVerify | None = None
+    secrets: Path | None = None
+    """A YAML file of NAME: secret (relative to the matrix file), readable by its owner only, where a `secret: $NAME`
+    of a cell is looked up when the environment has no NAME."""
     share_queries: bool = True
 
     def runs_dir_for(self, path: Path) -> Path:
@@ -135,10 +142,58 @@ def cells(spec: MatrixSpec, source: str = "matrix") -> list[tuple[str, str, int]
     return out
 
 
+SECRET_REFERENCE = "$"
+
+
+def read_secrets(path: Path) -> dict[str, int]:
+    """NAME -> secret from a YAML file that only its owner may read."""
+    if not path.is_file():
+        raise ConfigError(f"no secrets file {path}")
+    if path.stat().st_mode & 0o077:
+        raise ConfigError(f"the secrets file {path} may be read by others than its owner: chmod 600 {path}")
+    try:
+        secrets = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(secrets, dict) or not all(isinstance(v, int) for v in secrets.values()):
+        raise ConfigError(f"{path}: write one `NAME: integer` per line")
+    return secrets
+
+
+def with_secrets(settings, spec: MatrixSpec, source: str, loaded: dict):
+    """`settings` with every `secret: $NAME` replaced by the environment variable NAME (an integer), or else by the
+    entry NAME of the matrix's secrets file (read once into `loaded`)."""
+    if isinstance(settings, list):
+        return [with_secrets(item, spec, source, loaded) for item in settings]
+    if not isinstance(settings, dict):
+        return settings
+    out = {}
+    for key, value in settings.items():
+        if key == "secret" and isinstance(value, str) and value.startswith(SECRET_REFERENCE):
+            name = value.removeprefix(SECRET_REFERENCE)
+            if name in os.environ:
+                try:
+                    value = int(os.environ[name])
+                except ValueError:
+                    raise ConfigError(f"{source}: the environment variable {name} must hold an integer secret") from None
+            elif spec.secrets is not None:
+                if "file" not in loaded:
+                    loaded["file"] = read_secrets(Path(source).parent / spec.secrets)
+                if name not in loaded["file"]:
+                    raise ConfigError(f"{source}: secret ${name} is neither in the environment nor in {spec.secrets}")
+                value = loaded["file"][name]
+            else:
+                raise ConfigError(f"{source}: secret ${name}: set the environment variable {name} (or give the file "
+                                  "a `secrets` file)")
+        out[key] = with_secrets(value, spec, source, loaded)
+    return out
+
+
 def sweep_spec(spec: MatrixSpec, source: str = "matrix", selected: list[str] = ()) -> SweepSpec:
     """The sweep underneath: one case per cell and seed (`selected`: only the cells whose `<attack>__<defense>`
-    is listed)."""
+    is listed); secrets referenced as `$NAME` resolved."""
     cases = {}
+    loaded: dict = {}
     for attack, defense, seed in cells(spec, source):
         if selected and f"{attack}{SEP}{defense}" not in selected:
             continue
@@ -147,7 +202,8 @@ def sweep_spec(spec: MatrixSpec, source: str = "matrix", selected: list[str] = (
             raise ConfigError(f"{source}: attack '{attack}' and defense '{defense}' both set {', '.join(sorted(both))}")
         if "seed" in spec.attacks[attack] or "seed" in spec.defenses[defense]:
             raise ConfigError(f"{source}: give seeds with `seeds` (or headline.seeds), not as a key of a cell")
-        cases[cell_id(attack, defense, seed)] = {**spec.attacks[attack], **spec.defenses[defense], "seed": seed}
+        cases[cell_id(attack, defense, seed)] = with_secrets({**spec.attacks[attack], **spec.defenses[defense],
+                                                              "seed": seed}, spec, source, loaded)
     if selected and not cases:
         raise ConfigError(f"{source}: no cell is called {', '.join(selected)} (cells are <attack>{SEP}<defense>)")
     return SweepSpec(base=spec.base, overrides=spec.overrides, cases=cases, share_queries=spec.share_queries)
@@ -247,8 +303,8 @@ def _digest(tree) -> str:
 # The cells
 
 
-MEASURES = ("G", "G_served", "SA", "TA", "TA_served", "R", "SA_over_TA", "queries", "money", "pow_seconds", "flagged_share", "flagged_at",
-            "ownership_p", "customer_loss")
+MEASURES = ("G", "G_served", "SA", "TA", "TA_served", "R", "SA_over_TA", "queries", "money", "pow_seconds",
+            "wait_seconds", "flagged_share", "flagged_at", "refused_at", "ownership_p", "customer_loss")
 """Each cell's figures, averaged over its seeds (with a `_ci95` column beside each)."""
 HEATMAPS = {"G": "captured gain G", "customer_loss": "legitimate users' loss (accuracy points)",
             "ownership_p": "ownership p-value (log10)", "money": "money spent"}
@@ -261,6 +317,7 @@ def cell_record(row: dict, verification: dict | None, price: float, task: str | 
                     "error": row.get("error")}
     if row["status"] != "done":
         return record
+    # a refused attacker's copy is trained on what it was answered before the refusal (results["refused"])
     results = json.loads(row["results"])
     config = yaml.safe_load(row["config"])
     name = task or next(iter(results["downstream"]))
@@ -276,9 +333,11 @@ def cell_record(row: dict, verification: dict | None, price: float, task: str | 
         "undefended": not config["target"]["defenses"], "checkpoint": config["target"]["checkpoint"],
         "money": cost if cost is not None else results["queries"] * price,
         "pow_seconds": sum(a.get("pow_seconds", 0.0) for a in accounts),
+        "wait_seconds": sum(a.get("wait_seconds", 0.0) for a in accounts) if accounts else None,
         "accounts": len(accounts) or None,
         "flagged_share": (len(flags) / len(accounts)) if accounts else None,
         "flagged_at": min(flags) if flags else None,
+        "refused_at": (results.get("refused") or {}).get("images"),
         "customer_loss": 100 * float(np.mean([c["loss"] for c in customers])) if customers else None,
         "steal_seconds": results.get("steal_seconds"),
     })
@@ -306,6 +365,7 @@ def over_seeds(records: list[dict]) -> list[dict]:
         for measure in MEASURES:
             values = [rec[measure] for rec in done if rec.get(measure) is not None]
             cell[measure], cell[f"{measure}_ci95"] = interval(values) if values else (None, None)
+        cell["refused_seeds"] = sum(rec.get("refused_at") is not None for rec in done)
         verdicts = [rec["ownership"] for rec in done if rec.get("ownership")]
         cell["ownership"] = f"{verdicts.count('stolen')}/{len(verdicts)} stolen" if verdicts else None
         cell["copies_verified"], cell["copies_proven"] = len(verdicts), verdicts.count("stolen")
@@ -356,7 +416,7 @@ def against_undefended(records: list[dict]) -> list[dict]:
 
 
 CSV_COLUMNS = ("attack", "defense", "status", "seeds", "task", *(name for m in MEASURES for name in (m, f"{m}_ci95")),
-               "ownership", "error")
+               "refused_seeds", "ownership", "error")
 SEED_COLUMNS = ("attack", "defense", "seed", "status", "task", *MEASURES, "accounts", "ownership", "steal_seconds",
                 "error")
 
@@ -387,6 +447,12 @@ def _flag(cell: dict) -> str:
     return f"{share:.0%} of accounts, first at {cell['flagged_at']:.0f} images"
 
 
+def _refused(cell: dict) -> str:
+    if not cell.get("refused_seeds"):
+        return "no" if cell.get("flagged_share") is not None else "–"
+    return f"after {cell['refused_at']:.0f} images ({cell['refused_seeds']}/{cell['seeds']} seeds)"
+
+
 def _p(value: float | None) -> str:
     return "–" if value is None else f"{value:.1e}"
 
@@ -398,23 +464,27 @@ def markdown(spec: MatrixSpec, cells_: list[dict], title: str) -> str:
              "of the undefended target (TA: its accuracy, from the matrix's undefended cell of the same seed; "
              "matrix.csv's G_served is against the accuracy on the served features); "
              "money: what the run was billed, else queries × the price per image "
-             f"({spec.price:g}); PoW: CPU seconds spent on proof-of-work; flagged: the share of the attacker's "
-             "accounts a detection flagged and the images the first had sent then; p: the smallest p-value of the "
+             f"({spec.price:g}); PoW: CPU seconds spent on proof-of-work; waited: seconds the attacker's clients "
+             "waited for a throttled rate; flagged: the share of the attacker's accounts a detection flagged and the "
+             "images the first had sent then; refused: the images the attacker had been answered when the provider "
+             "refused its last account (its copy is trained on those); p: the smallest p-value of the "
              "ownership verification of the copy (stolen below α / methods); users' loss: the mean accuracy "
              "(points) the legitimate users lose under the defense.", "",
-             "| attack | defense | seeds | SA | TA | R | SA/TA | G | queries | money | PoW s | flagged | ownership p | "
-             "verdict | users' loss |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---:|"]
+             "| attack | defense | seeds | SA | TA | R | SA/TA | G | queries | money | PoW s | waited s | flagged | "
+             "refused | ownership p | verdict | users' loss |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---|---:|"]
     pct = lambda v: f"{100 * v:.2f}"  # noqa: E731
     for cell in cells_:
         if cell["status"] != "done":
             lines.append(f"| {cell['attack']} | {cell['defense']} | 0/{cell['runs']} | failed: "
-                         f"{(cell.get('error') or '').splitlines()[0][:120]} |||||||||||")
+                         f"{(cell.get('error') or '').splitlines()[0][:120]} " + "|" * 14)
             continue
         lines.append(" | ".join([
             f"| {cell['attack']}", cell["defense"], f"{cell['seeds']}", _mean(cell, "SA", pct), _mean(cell, "TA", pct),
             _mean(cell, "R", pct), _mean(cell, "SA_over_TA", lambda v: f"{v:.3f}"), _mean(cell, "G", lambda v: f"{v:.2f}"), _mean(cell, "queries", lambda v: f"{v:.0f}"),
             _mean(cell, "money", lambda v: f"{v:.4g}"), _mean(cell, "pow_seconds", lambda v: f"{v:.1f}"),
-            _flag(cell), _p(cell.get("ownership_p")), cell.get("ownership") or "–",
+            _mean(cell, "wait_seconds", lambda v: f"{v:.0f}"), _flag(cell), _refused(cell), _p(cell.get("ownership_p")),
+            cell.get("ownership") or "–",
             _mean(cell, "customer_loss", lambda v: f"{v:.2f}")]) + " |")
     lines += ["", "Heat maps: " + ", ".join(f"[{label}](heatmap-{m}.png)" for m, label in HEATMAPS.items()), ""]
     return "\n".join(lines)

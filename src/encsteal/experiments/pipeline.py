@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from encsteal.attacks import ATTACKS, QUERIES_PER_IMAGE
-from encsteal.attacks.adaptive import account_layer, answer_layer, extra_queries
+from encsteal.attacks.adaptive import KeptAnchors, account_layer, answer_layer, extra_queries, extra_reused
 from encsteal.attacks.pool import buy_and_steal
 from encsteal.checkpoint import file_digest, load_encoder, provenance, reusable, save_encoder
 from encsteal.config import Config, ConfigError, TargetConfig, dump_config
@@ -198,11 +198,22 @@ def attacker_accounts(count: int) -> list[str]:
     return ["attacker"] + [f"attacker-{index}" for index in range(2, count + 1)]
 
 
+def query_cache_path(run: Run) -> Path:
+    return run.config.target.query_cache or run.dir / "queries.sqlite"
+
+
 def simulated_accounts_path(run: Run) -> Path:
     """Where an in-process run keeps its simulated accounts: beside its query cache, whose answers they made
     (runs sharing the cache share the query stream, hence the accounts)."""
-    cache = run.config.target.query_cache or run.dir / "queries.sqlite"
+    cache = query_cache_path(run)
     return cache.with_name(cache.stem + ".accounts.json")
+
+
+def kept_anchors_dir(run: Run) -> Path:
+    """Where the attacker's accounts' answers to its alignment anchors are kept, one query cache per account: beside
+    the run's query cache (shared as it is)."""
+    cache = query_cache_path(run)
+    return cache.with_name(cache.stem + ".anchors")
 
 
 def _local_attack_target(run: Run, adversary: Adversary) -> tuple[Target, str, SimulatedAccounts]:
@@ -220,17 +231,20 @@ def _local_attack_target(run: Run, adversary: Adversary) -> tuple[Target, str, S
         return LocalTarget(encoder, image_size=size, device=run.device, batch_size=config.target.query_batch_size,
                            defenses=defenses, account=attacker_accounts(index + 1)[-1], accounts=accounts)
 
-    target = adversary.accounts(open_account, config.target.accounts)
     suffix = "" if config.target.accounts == 1 else f"|accounts={config.target.accounts}"
-    return target, f"local:{file_digest(run.target_path)}|{identity(configs)}{suffix}{adversary.identity()}", accounts
+    target_id = f"local:{file_digest(run.target_path)}|{identity(configs)}{suffix}{adversary.identity()}"
+    return adversary.accounts(open_account, config.target.accounts, target_id), target_id, accounts
 
 
 @dataclass
 class Adversary:
-    """What the adaptive attacker (attack.adaptive) brings to its accounts: the anchors it aligns them on and the
-    cover images it mixes in (encsteal.attacks.adaptive)."""
+    """What the adaptive attacker (attack.adaptive) brings to its accounts: the anchors it aligns them on (their
+    answers kept in `anchors_dir`, for the run `run_id`) and the cover images it mixes in
+    (encsteal.attacks.adaptive)."""
 
     config: Config
+    anchors_dir: Path
+    run_id: str
     anchors: torch.Tensor | None = None
     cover: torch.Tensor | None = None
 
@@ -240,11 +254,15 @@ class Adversary:
         anchors = pool[draw(min(adaptive.align_anchors, len(pool)), len(pool), seed + 13)] \
             if adaptive.align_anchors else None
         cover = load_dataset(adaptive.cover, "train", **run.data_kwargs()).images if adaptive.mix else None
-        return cls(run.config, anchors, cover)
+        return cls(run.config, kept_anchors_dir(run), str(run.dir.resolve()), anchors, cover)
 
-    def accounts(self, open_account: Callable[[int], Target], count: int) -> Target:
+    def accounts(self, open_account: Callable[[int], Target], count: int, target_id: str) -> Target:
+        """The attacker's accounts as one target; `target_id` is the query cache's key (the anchors' answers are
+        kept under it too)."""
+        kept = None if self.anchors is None else \
+            KeptAnchors(self.anchors_dir, target_id, self.run_id, self.config.target.query_batch_size)
         return account_layer(open_account, count, self.config.attack.adaptive, self.anchors, self.cover,
-                             self.config.seed)
+                             self.config.seed, kept)
 
     def identity(self) -> str:
         below = self.config.attack.adaptive.below_cache()
@@ -283,7 +301,8 @@ def served_figures(run: Run, db: str, names: list[str], clients: list[HttpTarget
         return []
     figures = Ledger(db).defense_figures()
     return [{"account": name, "images": client.queries, "pow_seconds": client.pow_seconds,
-             "pow_hashes": client.pow_hashes, "figures": figures[name].latest if name in figures else {}}
+             "pow_hashes": client.pow_hashes, "wait_seconds": client.throttle.waited,
+             "figures": figures[name].latest if name in figures else {}}
             for name, client in zip(names, clients)]
 
 
@@ -297,14 +316,15 @@ def _clients(url: str, keys: list[str], target: TargetConfig, adversary: Adversa
     clients = [open_target(url, key, target.wire, model=target.model, encoding_format=target.encoding_format,
                            extra_body=target.extra_body, batch_size=target.query_batch_size) for key in keys]
     ledgers = [] if ledger_url is None else [HttpTarget(ledger_url, key) for key in keys]
-    victim = adversary.accounts(lambda index: clients[index], len(clients))
+    target_id = f"http:{clients[0].model_id}{adversary.identity()}"
+    victim = adversary.accounts(lambda index: clients[index], len(clients), target_id)
 
     def spent() -> float | None:
         amounts = [account.usage()["spent"] for account in (ledgers or clients)]
         return None if any(amount is None for amount in amounts) else sum(amounts)
 
     try:
-        yield victim, f"http:{clients[0].model_id}{adversary.identity()}", spent
+        yield victim, target_id, spent
     finally:
         for client in clients + ledgers:
             client.close()
@@ -368,7 +388,7 @@ def steal(run: Run) -> Path:
         barrier(run.dist)  # until rank 0 has written the stolen encoder
         return run.stolen_path
     with _victim(run, Adversary.of(run, pool)) as (target, target_id, spent):
-        cache = QueryCache(config.target.query_cache or run.dir / "queries.sqlite", target_id)
+        cache = QueryCache(query_cache_path(run), target_id)
         cached = CachedTarget(target, cache, run=str(run.dir.resolve()), batch_size=config.target.query_batch_size,
                               progress=run.progress)
         ctx = run.context("steal", recipe)
@@ -377,6 +397,9 @@ def steal(run: Run) -> Path:
         cost = spent()
         billed = billed_units(target)
         extra = extra_queries(target)
+        extra_bought = extra - extra_reused(target)
+        refused = None if cached.refusal is None else {  # the attacker trained on what it had been answered
+            **cached.refusal, "images": cached.refusal["images"] + extra, "unanswered": len(cached.unanswered)}
     accounts = attacker_figures(run) if config.target.kind == "local" else run.served_accounts
     if config.surrogate.pool is not None:  # which of the pool was bought (the pool's indices say what it held)
         surrogate_record["bought"] = [surrogate_record["indices"][i] for i in bought.tolist()]
@@ -387,13 +410,14 @@ def steal(run: Run) -> Path:
         "surrogate": surrogate_record,
         "queries": cache.asked(str(run.dir.resolve())) + extra,
         **({"queries_adaptive": extra} if extra else {}),
-        "queries_this_run": cached.queries + extra,
-        "queries_reused": cached.reused,
+        "queries_this_run": cached.queries + extra_bought,
+        "queries_reused": cached.reused + extra - extra_bought,
         "cost": cost,
         **({"billed": billed} if billed is not None else {}),
         "wall_seconds": seconds,
         "processes": run.dist.world,
         **({"accounts": accounts} if accounts else {}),
+        **({"refused": refused} if refused else {}),
         **provenance(),
     })
     cache.close()
@@ -403,7 +427,7 @@ def steal(run: Run) -> Path:
 
 def attacker_figures(run: Run) -> list[dict]:
     """Per attacker account, what the provider's account-aware defenses hold: images, proof-of-work CPU seconds,
-    the latest figures of every defense (coverage, σ, statistics, flag) and the images the account had sent when a
+    the seconds its client waited for a throttled rate, the latest figures of every defense (coverage, σ, statistics, flag) and the images the account had sent when a
     defense first flagged it (`flagged_at`, None if never). Empty without such defenses."""
     config = run.config
     if not any(isinstance(d, ACCOUNT_AWARE) for d in config.target.defenses) or config.target.kind != "local":
@@ -411,8 +435,8 @@ def attacker_figures(run: Run) -> list[dict]:
     accounts = SimulatedAccounts(simulated_accounts_path(run))
     opened = max(config.target.accounts, len(accounts.accounts))  # paced attackers open accounts as they go
     return [{"account": name, "images": accounts.account(name).images, "pow_seconds": accounts.account(name).pow_seconds,
-             "pow_hashes": accounts.account(name).pow_hashes, "figures": accounts.figures(name),
-             "flagged_at": flagged_at(accounts.account(name).history)}
+             "pow_hashes": accounts.account(name).pow_hashes, "wait_seconds": accounts.account(name).wait_seconds,
+             "figures": accounts.figures(name), "flagged_at": flagged_at(accounts.account(name).history)}
             for name in attacker_accounts(opened) if name in accounts.accounts]
 
 
@@ -522,6 +546,7 @@ def evaluate(run: Run) -> dict:
         "downstream": downstream,
         **({"customers": served_customers} if served_customers else {}),
         **({"attacker_accounts": stolen_meta["accounts"]} if stolen_meta.get("accounts") else {}),
+        **({"refused": stolen_meta["refused"]} if stolen_meta.get("refused") else {}),
         "queries": stolen_meta["queries"],
         "queries_this_run": stolen_meta["queries_this_run"],
         "cost": stolen_meta.get("cost"),

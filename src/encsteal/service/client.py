@@ -3,7 +3,8 @@
 It sends uint8 batches as .npy, retries on 429 (after Retry-After), on 5xx and on lost connections with
 exponential backoff, and sends every request with an Idempotency-Key derived from its images: a request
 whose answer was lost is asked again and answered from the provider's ledger without a second charge.
-Wrap it in a CachedTarget (the pipeline does) so a killed run re-buys nothing. A replay is free only while
+A 403 (the account disabled, or flagged as stealing under the policy `refuse`) raises ApiRefused, an
+AccountRefused. Wrap it in a CachedTarget (the pipeline does) so a killed run re-buys nothing. A replay is free only while
 the provider keeps it (see the server's replay_ttl) and only from the same model: a request repeated after
 that is billed again.
 
@@ -27,6 +28,7 @@ import httpx
 import numpy as np
 import torch
 
+from encsteal.defenses.accounts import AccountRefused
 from encsteal.defenses.proof_of_work import Challenge, solve
 from encsteal.errors import EncstealError
 from encsteal.service import codec
@@ -40,6 +42,10 @@ class ApiError(EncstealError):
 
 class QuotaExhausted(ApiError):
     pass
+
+
+class ApiRefused(ApiError, AccountRefused):
+    """The API refuses the account (403: disabled, or flagged as stealing under the policy `refuse`)."""
 
 
 RETRY_STATUS = {429, 502, 503, 504}
@@ -139,13 +145,18 @@ class HttpTarget:
                 return response
             if response.status_code in RETRY_STATUS and not last:
                 retry_after = response.headers.get("retry-after")
-                wait = float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else delay
-                time.sleep(min(wait, self.max_backoff))
+                wait = min(float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else delay,
+                           self.max_backoff)
+                time.sleep(wait)
+                if response.status_code == 429:  # the rate limit's wait, beside the throttle's own
+                    self.throttle.waited += wait
                 delay = min(2 * delay, self.max_backoff)
                 continue
             detail = _detail(response)
             if response.status_code == 402:
                 raise QuotaExhausted(f"the embedding API refused the request: {detail}; queries bought so far are kept")
+            if response.status_code == 403:
+                raise ApiRefused(f"the embedding API at {self.url} answered 403: {detail}", images=self.queries)
             raise ApiError(f"the embedding API at {self.url} answered {response.status_code}: {detail}")
         raise AssertionError("unreachable")
 

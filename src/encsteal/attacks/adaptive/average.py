@@ -34,7 +34,8 @@ def near_duplicates(images: torch.Tensor, repeats: int, jitter: int, seed: int) 
 
 
 class AveragingTarget:
-    """Each image asked `repeats` times as near-duplicates; the answers averaged."""
+    """Each image asked `repeats` times as near-duplicates; the answers averaged (over those answered, when the
+    provider refused the attacker before it had them all: NaN rows, Target.embed)."""
 
     def __init__(self, target: Target, repeats: int, jitter: int, seed: int = 0) -> None:
         self.target, self.repeats, self.jitter, self.seed = target, repeats, jitter, seed
@@ -46,4 +47,4 @@ class AveragingTarget:
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         copies = near_duplicates(images, self.repeats, self.jitter, self.seed)
         answers = self.target.embed(torch.cat(copies))
-        return answers.view(self.repeats, len(images), -1).mean(dim=0)
+        return answers.view(self.repeats, len(images), -1).nanmean(dim=0)

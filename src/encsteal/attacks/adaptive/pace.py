@@ -14,12 +14,14 @@ from collections.abc import Callable
 import torch
 
 from encsteal.attacks.adaptive.align import Aligner
+from encsteal.defenses.accounts import AccountRefused
 from encsteal.target import Target
 
 
 class PacedAccounts:
     """Accounts opened one after another (`open_account(i)` gives the i-th, from 0), each sending at most `limit`
-    images (the anchors included)."""
+    images (the anchors included). An account the provider refuses before its share is sent is left for the next
+    one; AccountRefused if a fresh account is refused before it has answered any of the attack's images."""
 
     def __init__(self, open_account: Callable[[int], Target], limit: int, aligner: Aligner | None = None) -> None:
         if aligner is not None and len(aligner.anchors) >= limit:
@@ -27,6 +29,9 @@ class PacedAccounts:
         self.open_account, self.limit, self.aligner = open_account, limit, aligner
         self.accounts: list[Target] = []
         self.maps: list = []
+        self.sent: list[int] = []
+        """Images each account has sent (the anchors included)."""
+        self.refused: dict[int, AccountRefused] = {}
 
     @property
     def targets(self) -> list[Target]:
@@ -41,10 +46,19 @@ class PacedAccounts:
         return 0 if self.aligner is None else self.aligner.queries
 
     def _current(self) -> int:
-        if not self.accounts or self.accounts[-1].queries >= self.limit:
+        last = len(self.accounts) - 1
+        if not self.accounts or last in self.refused or self.sent[last] >= self.limit:
             account = self.open_account(len(self.accounts))
-            self.maps.append(self.aligner.fit(account) if self.aligner is not None else (lambda features: features))
             self.accounts.append(account)
+            self.sent.append(0)
+            self.maps.append(lambda features: features)
+            if self.aligner is not None:
+                try:
+                    self.maps[-1] = self.aligner.fit(account, len(self.accounts) - 1)
+                except AccountRefused as refusal:  # flagged by the anchors alone: a fresh account would be too
+                    self.refused[len(self.accounts) - 1] = refusal
+                    raise
+                self.sent[-1] = len(self.aligner.anchors)
         return len(self.accounts) - 1
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -52,8 +66,15 @@ class PacedAccounts:
         start = 0
         while start < len(images):
             index = self._current()
-            room = self.limit - self.accounts[index].queries
-            part = images[start:start + room]
-            answers.append(self.maps[index](self.accounts[index].embed(part)))
+            fresh = self.sent[index] == (0 if self.aligner is None else len(self.aligner.anchors))
+            part = images[start:start + self.limit - self.sent[index]]
+            try:
+                answers.append(self.maps[index](self.accounts[index].embed(part)))
+            except AccountRefused as refusal:
+                self.refused[index] = refusal
+                if fresh:  # refused before answering anything of the attack's: another account would be too
+                    raise
+                continue
+            self.sent[index] += len(part)
             start += len(part)
         return torch.cat(answers)

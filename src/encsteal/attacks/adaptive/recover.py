@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from encsteal.target import Target
+from encsteal.target import Target, answered
 
 
 def fit_recovery(answers: torch.Tensor):
@@ -41,7 +41,8 @@ def fit_recovery(answers: torch.Tensor):
 
 
 class RecoveringTarget:
-    """Answers passed through a recovery fitted on the first call's answers."""
+    """Answers passed through a recovery fitted on the first call's answers (those it has: a refused image's row
+    of NaN stays NaN)."""
 
     def __init__(self, target: Target) -> None:
         self.target = target
@@ -54,7 +55,8 @@ class RecoveringTarget:
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         answers = self.target.embed(images)
         if self.recover is None:
-            if len(answers) < 2:
+            kept = answers[answered(answers)]
+            if len(kept) < 2:
                 return answers
-            self.recover = fit_recovery(answers)
+            self.recover = fit_recovery(kept)
         return self.recover(answers)
