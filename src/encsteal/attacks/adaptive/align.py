@@ -113,7 +113,27 @@ class Aligner:
         return lambda features: features @ weights + bias
 
 
-class AlignedSybils:
+class AccountGroup:
+    """Requests spread over several accounts of the attacker, as the pipeline reads them: the accounts
+    (`targets`), the images they bought (`queries`) and the anchors bought to align them (`extra_queries`)."""
+
+    accounts: list[Target]
+    aligner: Aligner | None
+
+    @property
+    def targets(self) -> list[Target]:
+        return self.accounts
+
+    @property
+    def queries(self) -> int:
+        return sum(account.queries for account in self.accounts)
+
+    @property
+    def extra_queries(self) -> int:
+        return 0 if self.aligner is None else self.aligner.queries
+
+
+class AlignedSybils(AccountGroup):
     """One attacker behind several accounts, request i to account i mod k as `SybilTarget` (a refused account
     dropped), every account's answers mapped into the first account's space (the maps fitted on the anchors before
     the first request; an account refused while it is asked the anchors is dropped, and the next one is the
@@ -127,18 +147,6 @@ class AlignedSybils:
         self.maps: list | None = None
         self.requests = 0
         self.refused: dict[int, AccountRefused] = {}
-
-    @property
-    def targets(self) -> list[Target]:
-        return self.accounts
-
-    @property
-    def queries(self) -> int:
-        return sum(account.queries for account in self.accounts)
-
-    @property
-    def extra_queries(self) -> int:
-        return self.aligner.queries
 
     def _fit(self, index: int):
         try:

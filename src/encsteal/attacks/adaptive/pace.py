@@ -13,12 +13,12 @@ from collections.abc import Callable
 
 import torch
 
-from encsteal.attacks.adaptive.align import Aligner
+from encsteal.attacks.adaptive.align import AccountGroup, Aligner
 from encsteal.defenses.accounts import AccountRefused
 from encsteal.target import Target
 
 
-class PacedAccounts:
+class PacedAccounts(AccountGroup):
     """Accounts opened one after another (`open_account(i)` gives the i-th, from 0), each sending at most `limit`
     images (the anchors included). An account the provider refuses before its share is sent is left for the next
     one; AccountRefused if a fresh account is refused before it has answered any of the attack's images."""
@@ -32,18 +32,6 @@ class PacedAccounts:
         self.sent: list[int] = []
         """Images each account has sent (the anchors included)."""
         self.refused: dict[int, AccountRefused] = {}
-
-    @property
-    def targets(self) -> list[Target]:
-        return self.accounts
-
-    @property
-    def queries(self) -> int:
-        return sum(account.queries for account in self.accounts)
-
-    @property
-    def extra_queries(self) -> int:
-        return 0 if self.aligner is None else self.aligner.queries
 
     def _current(self) -> int:
         last = len(self.accounts) - 1
